@@ -1,0 +1,102 @@
+"""Loading documents and chat-format sample files, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used; the message names the file (and line)."""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def load_documents(path: str | Path, text_field: str = "text", id_field: str = "id") -> list[dict]:
+    """Documents as ``{"id", "text", ...}`` from jsonl, json (a list), parquet, or an HF ``datasets`` folder.
+
+    Rows with an empty text are kept out and reported in the error if nothing is left; ids default to
+    the row number.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix in (".parquet", ".arrow"):
+        import datasets
+
+        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(
+            "parquet", data_files=str(path), split="train")
+        rows = [dict(r) for r in ds]
+    elif path.suffix == ".json":
+        if not path.exists():
+            raise DataFileError(f"{path}: file not found")
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise DataFileError(f"{path}: expected a JSON list of documents")
+    else:
+        rows = read_jsonl(path)
+    docs = []
+    for i, row in enumerate(rows):
+        if text_field not in row:
+            raise DataFileError(f"{path}: row {i + 1} has no {text_field!r} field (fields: {sorted(row)})")
+        text = row[text_field]
+        if not isinstance(text, str):
+            raise DataFileError(f"{path}: row {i + 1}: {text_field!r} must be a string")
+        docs.append({**row, "id": str(row.get(id_field, i)), "text": text})
+    if not any(d["text"].strip() for d in docs):
+        raise DataFileError(f"{path}: no document with non-empty {text_field!r}")
+    return docs
+
+
+def load_chat_samples(path: str | Path) -> list[dict]:
+    """Rows with a ``messages`` list (validated), e.g. validation and warm-up sets."""
+    from .chat import ChatFormatError, validate_messages
+
+    rows = read_jsonl(path)
+    for i, row in enumerate(rows):
+        try:
+            validate_messages(row.get("messages"))
+        except ChatFormatError as err:
+            raise DataFileError(f"{path}: sample {i + 1}: {err}") from None
+    if not rows:
+        raise DataFileError(f"{path}: no samples")
+    return rows
+
+
+def load_rubric_file(path: str | Path):
+    """Rubrics from a JSON list (or {"rubrics": [...]}); errors name the file and the entry."""
+    from ..rubric import Rubric, RubricParseError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if isinstance(data, dict) and "rubrics" in data:
+        data = data["rubrics"]
+    if not isinstance(data, list) or not data:
+        raise DataFileError(f"{path}: expected a non-empty JSON list of rubrics")
+    out = []
+    for i, entry in enumerate(data):
+        try:
+            out.append(Rubric.from_dict(entry))
+        except RubricParseError as err:
+            raise DataFileError(f"{path}: rubric {i}: {err}") from None
+    return out

@@ -1,0 +1,34 @@
+"""Policy prompts: guiding text + target task + document, as chat messages."""
+
+from __future__ import annotations
+
+from ..rubric import RUBRIC_FORMAT_INSTRUCTIONS
+
+POLICY_SYSTEM = (
+    "You design rubrics that guide a teacher model to write training samples. A good rubric makes the "
+    "teacher write samples that teach the target task well."
+)
+DEFAULT_TASK = (
+    "Answer multiple-choice questions about the domain with step-by-step reasoning and a final answer letter."
+)
+
+
+def policy_messages(document: str, task: str = DEFAULT_TASK, max_document_chars: int = 4000) -> list[dict]:
+    doc = document.strip()
+    if len(doc) > max_document_chars:
+        doc = doc[:max_document_chars].rsplit(" ", 1)[0] + " ..."
+    user = f"Target task: {task}\n\nDocument:\n{doc}\n\nWrite a rubric for this document. {RUBRIC_FORMAT_INSTRUCTIONS}"
+    return [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": user}]
+
+
+def build_prompt_dataset(documents: list[dict], task: str = DEFAULT_TASK, max_document_chars: int = 4000):
+    """An HF dataset with a conversational ``prompt`` column plus ``doc_id`` and ``document`` columns
+    (TRL passes the extra columns to reward functions)."""
+    import datasets
+
+    rows = [
+        {"prompt": policy_messages(d["text"], task, max_document_chars), "doc_id": d["id"], "document": d["text"]}
+        for d in documents
+        if d["text"].strip()
+    ]
+    return datasets.Dataset.from_list(rows)

@@ -1,0 +1,58 @@
+"""Teacher output -> a chat-format SFT sample.
+
+Teachers are asked for ``Question:`` ... ``Answer:`` ... (markdown headings and bold markers are
+tolerated) or a JSON object with ``question``/``answer`` keys. Anything else is rejected with a
+reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+_QA = re.compile(
+    r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:question|prompt|q)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<q>.*?)"
+    r"\n\s*(?:#+\s*|\*\*)?(?:answer|response|a)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<a>.*)$",
+    re.DOTALL | re.IGNORECASE,
+)
+
+
+def _from_json(text: str):
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(obj, dict):
+            keys = {k.lower(): v for k, v in obj.items()}
+            q = keys.get("question") or keys.get("prompt") or keys.get("instruction")
+            a = keys.get("answer") or keys.get("response") or keys.get("output")
+            if isinstance(q, str) and isinstance(a, str):
+                return q, a
+        start = text.find("{", start + 1)
+    return None
+
+
+def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
+    """``(messages, None)`` or ``(None, reason)``."""
+    if text is None:
+        return None, "no_text"
+    text = _THINK.sub("", text).strip()
+    text = re.sub(r"^```\w*\n|```$", "", text).strip()
+    if not text:
+        return None, "empty_output"
+    qa = _from_json(text) if text.lstrip().startswith(("{", "[")) else None
+    if qa is None:
+        m = _QA.search(text)
+        qa = (m.group("q"), m.group("a")) if m else _from_json(text)
+    if qa is None:
+        return None, "no_question_answer"
+    q, a = (s.strip() for s in qa)
+    if not q:
+        return None, "empty_question"
+    if not a:
+        return None, "empty_answer"
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}], None

@@ -1,0 +1,81 @@
+"""Verifiers: each looks at one candidate sample and accepts it or rejects it with a reason code.
+
+A verifier is a callable ``(candidate) -> reason | None``. The reason codes are what the logs, the
+reward extras and the dataset provenance count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Candidate:
+    """A parsed teacher sample and where it came from."""
+
+    messages: list[dict]
+    document: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def question(self) -> str:
+        return next((m["content"] for m in self.messages if m["role"] == "user"), "")
+
+    @property
+    def answer(self) -> str:
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+@dataclass
+class FormatVerifier:
+    """Length bounds on question and answer; no leftover template markers."""
+
+    min_question_chars: int = 10
+    max_question_chars: int = 4000
+    min_answer_chars: int = 1
+    max_answer_chars: int = 8000
+    name: str = "format"
+
+    def __call__(self, c: Candidate) -> str | None:
+        q, a = c.question, c.answer
+        if len(q) < self.min_question_chars:
+            return "question_too_short"
+        if len(q) > self.max_question_chars:
+            return "question_too_long"
+        if len(a) < self.min_answer_chars:
+            return "answer_too_short"
+        if len(a) > self.max_answer_chars:
+            return "answer_too_long"
+        if re.search(r"<the (question|answer)>|^\s*(question|answer)\s*:", a, re.IGNORECASE | re.MULTILINE):
+            return "template_leak"
+        return None
+
+
+@dataclass
+class NonTrivialVerifier:
+    """Rejects samples that teach nothing: answer equal to the question, or a question that is the document."""
+
+    max_document_overlap: float = 0.8
+    name: str = "nontrivial"
+
+    def __call__(self, c: Candidate) -> str | None:
+        q, a = _norm(c.question), _norm(c.answer)
+        if not a:
+            return "empty_answer"
+        if a == q:
+            return "answer_repeats_question"
+        if len(q.split()) < 3:
+            return "question_too_few_words"
+        doc = _norm(c.document)
+        if doc and len(doc) > 80 and doc in q:
+            return "question_copies_document"
+        return None
+
+
+def default_verifiers() -> list:
+    return [FormatVerifier(), NonTrivialVerifier()]

@@ -1,0 +1,94 @@
+"""Teacher configuration (flat ``teacher_*`` fields, parsed together with TRL's GRPOConfig)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+BACKENDS = ("template", "transformers", "openai", "vllm")
+
+
+@dataclass
+class TeacherConfig:
+    teacher_backend: str = field(
+        default="template",
+        metadata={"help": "Teacher backend: 'transformers' (local HF model), 'openai' (any OpenAI-compatible "
+                          "endpoint, e.g. `vllm serve`), 'vllm' (in-process, needs the vllm extra), or 'template' "
+                          "(offline deterministic stand-in for the quickstart and tests)."},
+    )
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Teacher model: hub id or local path (transformers/vllm), model name sent to the "
+                          "endpoint (openai). Unused by 'template'."},
+    )
+    teacher_max_new_tokens: int = field(default=512, metadata={"help": "Max tokens the teacher writes per sample."})
+    teacher_temperature: float = field(default=0.7, metadata={"help": "Teacher sampling temperature (0 = greedy)."})
+    teacher_top_p: float = field(default=0.95, metadata={"help": "Teacher nucleus sampling top-p."})
+    teacher_batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (transformers)."})
+    teacher_dtype: str = field(default="auto", metadata={"help": "Teacher weights dtype (transformers/vllm)."})
+    teacher_trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code (off)."})
+    teacher_base_url: str | None = field(
+        default=None, metadata={"help": "openai backend: base URL, e.g. http://localhost:8000/v1."}
+    )
+    teacher_api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "openai backend: name of the environment variable holding the API key (the key itself "
+                          "never goes in a config or a log)."},
+    )
+    teacher_concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once."})
+    teacher_timeout_s: float = field(default=120.0, metadata={"help": "openai backend: per-request timeout (s)."})
+    teacher_max_retries: int = field(
+        default=3, metadata={"help": "openai backend: retries on 429/5xx/timeouts/connection errors, with backoff."}
+    )
+    teacher_backoff_s: float = field(
+        default=1.0,
+        metadata={"help": "openai backend: first retry delay in seconds, doubled on every retry (with jitter); a "
+                          "Retry-After header from the server takes precedence."},
+    )
+    teacher_max_backoff_s: float = field(
+        default=60.0, metadata={"help": "openai backend: upper bound on one retry delay, Retry-After included (s)."}
+    )
+    teacher_vllm_tensor_parallel_size: int = field(
+        default=1, metadata={"help": "vllm backend: GPUs the in-process teacher is sharded over."}
+    )
+    teacher_vllm_gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "vllm backend: fraction of GPU memory vLLM may take."}
+    )
+    teacher_vllm_max_model_len: int | None = field(
+        default=None, metadata={"help": "vllm backend: context length cap (None = the model's own)."}
+    )
+
+    def __post_init__(self):
+        if self.teacher_backend not in BACKENDS:
+            raise ValueError(f"teacher_backend must be one of {BACKENDS}, got {self.teacher_backend!r}")
+        if self.teacher_backend in ("transformers", "vllm", "openai") and not self.teacher_model_name_or_path:
+            raise ValueError(f"teacher_model_name_or_path is required for teacher_backend={self.teacher_backend!r}")
+        if self.teacher_backend == "openai" and not self.teacher_base_url:
+            raise ValueError("teacher_base_url is required for teacher_backend='openai'")
+        for name in ("teacher_max_new_tokens", "teacher_batch_size", "teacher_concurrency",
+                     "teacher_vllm_tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.teacher_temperature < 0:
+            raise ValueError(f"teacher_temperature must be >= 0, got {self.teacher_temperature!r}")
+        if not 0 < self.teacher_top_p <= 1:
+            raise ValueError(f"teacher_top_p must be in (0, 1], got {self.teacher_top_p!r}")
+        if self.teacher_timeout_s <= 0:
+            raise ValueError(f"teacher_timeout_s must be > 0, got {self.teacher_timeout_s!r}")
+        if self.teacher_max_retries < 0:
+            raise ValueError(f"teacher_max_retries must be >= 0, got {self.teacher_max_retries!r}")
+        if self.teacher_backoff_s < 0:
+            raise ValueError(f"teacher_backoff_s must be >= 0, got {self.teacher_backoff_s!r}")
+        if self.teacher_max_backoff_s < self.teacher_backoff_s:
+            raise ValueError(f"teacher_max_backoff_s must be >= teacher_backoff_s ({self.teacher_backoff_s!r}), "
+                             f"got {self.teacher_max_backoff_s!r}")
+        if not 0 < self.teacher_vllm_gpu_memory_utilization <= 1:
+            raise ValueError("teacher_vllm_gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.teacher_vllm_gpu_memory_utilization!r}")
+        if self.teacher_vllm_max_model_len is not None and self.teacher_vllm_max_model_len < 1:
+            raise ValueError(f"teacher_vllm_max_model_len must be >= 1, got {self.teacher_vllm_max_model_len!r}")
+        if self.teacher_api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.teacher_api_key_env):
+            # Catches the classic mistake of pasting the key itself instead of a variable name; the value is
+            # deliberately not echoed.
+            raise ValueError("teacher_api_key_env must be the NAME of an environment variable (letters, digits, "
+                             "underscores), not the key itself")

@@ -1,0 +1,39 @@
+import torch
+
+from rubric_rl.data.chat import IGNORE_INDEX, tokenize_chat
+from rubric_rl.models import TinySpec, load_causal_lm, load_tokenizer
+
+MSGS = [{"role": "system", "content": "Be precise."}, {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "It is 4."}]
+
+
+def test_tiny_spec_parse_and_errors():
+    s = TinySpec.parse("tiny:hidden=48,layers=3,heads=4,seed=7")
+    assert (s.hidden, s.layers, s.heads, s.seed) == (48, 3, 4, 7)
+    for bad in ("tiny:hidden=x", "tiny:colour=3", "tiny:hidden=30,heads=4"):
+        try:
+            TinySpec.parse(bad)
+        except ValueError as err:
+            assert "tiny spec" in str(err)
+        else:
+            raise AssertionError(bad)
+
+
+def test_assistant_mask_covers_exactly_the_answer(tiny_tokenizer):
+    tc = tokenize_chat(tiny_tokenizer, MSGS)
+    ans_ids = [t for t, l in zip(tc.input_ids, tc.labels) if l != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(ans_ids) == "It is 4.<|end|>"
+    short = tokenize_chat(tiny_tokenizer, MSGS, max_length=5)
+    assert short.truncated and len(short.input_ids) == 5 and short.num_loss_tokens == 0
+
+
+def test_tiny_model_is_deterministic_and_generates(tiny_tokenizer):
+    a = load_causal_lm("tiny:hidden=32,layers=2,heads=4,seed=0", tiny_tokenizer)
+    b = load_causal_lm("tiny:hidden=32,layers=2,heads=4,seed=0", tiny_tokenizer)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), na
+    enc = tiny_tokenizer.apply_chat_template(MSGS[:2], add_generation_prompt=True, return_tensors="pt",
+                                             return_dict=True)
+    out = a.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4 or out[0, -1] == tiny_tokenizer.eos_token_id
+    assert load_tokenizer("tiny:hidden=32,layers=2,heads=4,seed=0").vocab_size == tiny_tokenizer.vocab_size
