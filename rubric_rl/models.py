@@ -94,6 +94,7 @@ def is_tiny(name_or_path: str) -> bool:
 
 
 def _corpus_texts(paths: Sequence[str | Path]) -> Iterable[str]:
+    """The string values of JSON/JSONL files, and the raw JSON too (so keys and JSON syntax get merges)."""
     for path in paths:
         path = Path(path)
         if path.suffix == ".jsonl":
@@ -101,8 +102,12 @@ def _corpus_texts(paths: Sequence[str | Path]) -> Iterable[str]:
                 for line in fh:
                     if line.strip():
                         yield _flatten_strings(json.loads(line))
+                        yield line
         else:
-            yield _flatten_strings(json.loads(path.read_text(encoding="utf-8")))
+            raw = path.read_text(encoding="utf-8")
+            yield _flatten_strings(json.loads(raw))
+            yield raw
+            yield json.dumps(json.loads(raw), ensure_ascii=False)
 
 
 def _flatten_strings(obj) -> str:
@@ -126,7 +131,7 @@ def build_tiny_tokenizer(vocab_size: int = 2048, corpus: Sequence[str | Path] | 
         raise FileNotFoundError(f"tiny tokenizer corpus file(s) not found: {missing}")
     if not corpus:
         raise FileNotFoundError("tiny tokenizer: no corpus files (run scripts/make_quickstart_world.py?)")
-    digest = hashlib.sha256(f"v1|{vocab_size}|{TINY_CHAT_TEMPLATE}".encode())
+    digest = hashlib.sha256(f"v2|{vocab_size}|{TINY_CHAT_TEMPLATE}".encode())
     for p in corpus:
         digest.update(p.read_bytes())
     target = cache_dir() / "tokenizers" / digest.hexdigest()[:16]

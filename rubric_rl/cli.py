@@ -1,0 +1,137 @@
+"""The ``rubric-rl`` command: parse arguments, call one function. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+USAGE = """usage: rubric-rl COMMAND [--config FILE.yaml] [--field value ...]
+
+Train rubric generators with RL, rewarded by the influence of their synthetic data on a target model.
+
+commands:
+  train          RL-train a rubric generator (TRL GRPO), then export it          (rubric-rl train --help)
+  export         write a trained run's rubric generator as a standalone model    (rubric-rl export --help)
+  warmup         warm up the target model (LoRA + Adam checkpoints) for influence (rubric-rl warmup --help)
+  score          score an SFT dataset by influence on the validation set         (rubric-rl score --help)
+  synthesize     write a synthetic dataset with a rubric source and a teacher    (rubric-rl synthesize --help)
+  serve-teacher  serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
+
+Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
+"""
+
+
+def _setup_logging():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=os.environ.get("RUBRIC_RL_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_train(argv):
+    from .config import parse_config, train_dataclasses
+    from .train import format_summary, train
+
+    args, grpo_args, teacher_cfg, influence_cfg = parse_config(
+        train_dataclasses(), argv, prog="rubric-rl train",
+        description="RL-train a rubric generator: policy rollouts -> teacher samples -> influence reward -> GRPO. "
+                    "Ends by exporting the generator to OUTPUT_DIR/export.")
+    summary = train(args, grpo_args, teacher_cfg, influence_cfg)
+    if summary.get("export_dir"):
+        print(format_summary(summary))
+
+
+def cmd_export(argv):
+    from .export import export_run
+
+    p = argparse.ArgumentParser(prog="rubric-rl export", description="Write a standalone rubric generator "
+                                "(merged safetensors weights, tokenizer, generation config, model card).")
+    p.add_argument("--run", required=True, help="OUTPUT_DIR of a `rubric-rl train` run.")
+    p.add_argument("--output", required=True, help="Folder to write the rubric generator to.")
+    p.add_argument("--push_to_hub", default=None, metavar="REPO",
+                   help="Also upload to this Hugging Face Hub repo (token from HF_TOKEN or `hf auth login`).")
+    p.add_argument("--public", action="store_true", help="Create the hub repo public (default: private).")
+    p.add_argument("--num_examples", type=int, default=3, help="Rubrics sampled into the model card.")
+    a = p.parse_args(argv)
+    out = export_run(a.run, a.output, push_to_hub=a.push_to_hub, private=not a.public, num_examples=a.num_examples)
+    print(f"Exported rubric generator: {out}")
+
+
+def cmd_warmup(argv):
+    from .config import RunDirArguments, parse_config
+    from .influence import run_warmup
+    from .influence.config import InfluenceConfig
+
+    run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
+                            description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
+                                        "optimizer state in OUTPUT_DIR/warmup.")
+    path = run_warmup(cfg, run.output_dir)
+    print(f"Warm-up checkpoints: {path}")
+
+
+def cmd_score(argv):
+    from .config import RunDirArguments, ScoreArguments, parse_config
+    from .influence import score_file
+    from .influence.config import InfluenceConfig
+
+    run, sa, cfg = parse_config((RunDirArguments, ScoreArguments, InfluenceConfig), argv, prog="rubric-rl score",
+                                description="Score chat-format samples by their influence on the validation set "
+                                            "(uses OUTPUT_DIR/warmup, running it first if missing).")
+    summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
+                         selected_path=sa.selected)
+    print(summary)
+
+
+def cmd_synthesize(argv):
+    from .config import SynthArguments, parse_config
+    from .synth.commands import SynthConfig, synthesize
+    from .teachers.config import TeacherConfig
+
+    sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
+                                              prog="rubric-rl synthesize",
+                                              description="Write a synthetic SFT dataset from documents with a "
+                                                          "rubric source and a teacher.")
+    summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
+                         output=sa.output, num_samples=sa.num_samples)
+    print(summary)
+
+
+def cmd_serve_teacher(argv):
+    from .teachers.server import main as serve_main
+
+    serve_main(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "export": cmd_export,
+    "warmup": cmd_warmup,
+    "score": cmd_score,
+    "synthesize": cmd_synthesize,
+    "serve-teacher": cmd_serve_teacher,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"rubric-rl {__version__}")
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"rubric-rl: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+    _setup_logging()
+    command(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

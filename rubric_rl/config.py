@@ -1,0 +1,176 @@
+"""Typed configuration of a training run, read from YAML with TRL's ``TrlParser``.
+
+One flat namespace, as in TRL's own scripts: ``--config run.yaml`` sets defaults, CLI flags
+override them. The stages each own a dataclass:
+
+* :class:`RubricRLArguments` here: policy model, data, prompts, reward shaping, warm start;
+* ``GRPOConfig`` from TRL: the RL algorithm and everything ``transformers.TrainingArguments`` has
+  (``output_dir``, ``max_steps``, ``seed``, ``report_to``, ``resume_from_checkpoint``, ...);
+* :class:`~rubric_rl.teachers.config.TeacherConfig` (``teacher_*``);
+* :class:`~rubric_rl.influence.config.InfluenceConfig` (``target_*``, ``warmup_*``, ``influence_*``).
+
+Every field has ``help`` metadata (that is what ``--help`` prints) and bad values fail in
+``__post_init__``, before any model loads, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from .data.prompts import DEFAULT_TASK
+
+REWARD_SCALINGS = ("none", "batch_minmax")
+
+
+@dataclass
+class RubricRLArguments:
+    policy_model_name_or_path: str = field(
+        default="tiny:hidden=64,layers=2,heads=4,seed=0",
+        metadata={"help": "Rubric generator (policy): hub id or local path of an instruct model, or a 'tiny:...' "
+                          "spec for an offline random model (quickstart and tests only)."},
+    )
+    policy_dtype: str = field(default="auto", metadata={"help": "Policy weights dtype: auto, bfloat16, float32."})
+    policy_trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code (off)."})
+    policy_use_peft: bool = field(default=False, metadata={"help": "Train the policy with LoRA instead of fully."})
+    policy_lora_r: int = field(default=16, metadata={"help": "Policy LoRA rank (with policy_use_peft)."})
+    policy_lora_alpha: int = field(default=32, metadata={"help": "Policy LoRA alpha (with policy_use_peft)."})
+    policy_lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Policy LoRA target modules; default: all linear layers."}
+    )
+    documents: str = field(
+        default="data/quickstart/documents.jsonl",
+        metadata={"help": "Domain documents (jsonl/json/parquet or a datasets folder) with a 'text' field."},
+    )
+    document_text_field: str = field(default="text", metadata={"help": "Field of the document text."})
+    task_description: str = field(
+        default=DEFAULT_TASK, metadata={"help": "The target task, as the policy prompt states it."}
+    )
+    max_document_chars: int = field(
+        default=4000, metadata={"help": "Documents are cut to this many characters in the policy prompt."}
+    )
+    seed_rubrics: str | None = field(
+        default="data/quickstart/seed_rubrics.json",
+        metadata={"help": "Hand-written rubrics (JSON list): the SFT warm start's targets and the baseline."},
+    )
+    policy_sft_warmstart: bool = field(
+        default=False,
+        metadata={"help": "Before RL, fine-tune the policy on (prompt, seed rubric) pairs. Needed for a tiny "
+                          "random policy, which cannot write JSON; real instruct models skip it."},
+    )
+    policy_sft_epochs: float = field(default=3.0, metadata={"help": "Warm-start SFT epochs."})
+    policy_sft_learning_rate: float = field(default=3e-3, metadata={"help": "Warm-start SFT learning rate."})
+    policy_sft_batch_size: int = field(default=16, metadata={"help": "Warm-start SFT batch size."})
+    policy_sft_max_documents: int = field(
+        default=16, metadata={"help": "Warm-start SFT pairs every seed rubric with this many documents."}
+    )
+    torch_num_threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads for torch (0 = torch's default). Tiny CPU runs are fastest with 1, "
+                          "and a busy machine makes extra threads spin."},
+    )
+    reward_invalid_penalty: float = field(
+        default=0.1,
+        metadata={"help": "lambda in R = valid * IF - lambda * (1 - valid): reward of an unparseable rubric or a "
+                          "rejected sample."},
+    )
+    reward_if_scaling: str = field(
+        default="batch_minmax",
+        metadata={"help": "Scaling of influence before shaping: 'batch_minmax' maps the valid scores of each "
+                          "reward call (per process) to [0, 1], as OptimSyn's code does; 'none' uses raw scores."},
+    )
+    reward_if_scale: float = field(
+        default=1.0, metadata={"help": "Multiplier on the (scaled) influence score."}
+    )
+
+    def __post_init__(self):
+        if self.reward_if_scaling not in REWARD_SCALINGS:
+            raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
+        if self.reward_invalid_penalty < 0:
+            raise ValueError(f"reward_invalid_penalty must be >= 0, got {self.reward_invalid_penalty!r}")
+        for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",
+                     "policy_sft_max_documents"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.torch_num_threads < 0:
+            raise ValueError(f"torch_num_threads must be >= 0, got {self.torch_num_threads!r}")
+        if self.policy_sft_epochs <= 0:
+            raise ValueError(f"policy_sft_epochs must be > 0, got {self.policy_sft_epochs!r}")
+        if not self.documents:
+            raise ValueError("documents must name a documents file")
+
+
+def train_dataclasses():
+    from trl import GRPOConfig
+
+    from .influence.config import InfluenceConfig
+    from .teachers.config import TeacherConfig
+
+    return (RubricRLArguments, GRPOConfig, TeacherConfig, InfluenceConfig)
+
+
+def make_parser(types, prog: str | None = None, description: str | None = None):
+    from trl import TrlParser
+
+    parser = TrlParser(types, prog=prog, description=description)
+    return parser
+
+
+def parse_config(types, argv: list[str] | None = None, prog: str | None = None, description: str | None = None):
+    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses.
+
+    Raises ``SystemExit(2)`` with a one-line message (naming the field or file) on bad input.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(types, prog=prog, description=description)
+    try:
+        return parser.parse_args_and_config(argv)
+    except FileNotFoundError as err:
+        parser.error(f"config file not found: {err.filename}")
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+
+
+@dataclass
+class RunDirArguments:
+    output_dir: str = field(
+        default="runs/quickstart",
+        metadata={"help": "Run folder: the target warm-up goes to OUTPUT_DIR/warmup, validation-gradient caches "
+                          "to OUTPUT_DIR/influence_cache (both reused by `rubric-rl train` with the same folder)."},
+    )
+
+
+@dataclass
+class ScoreArguments:
+    samples: str = field(default=None, metadata={"help": "Chat-format samples to score (jsonl, {'messages': [...]})."})
+    output: str = field(default=None, metadata={"help": "Where to write one scored line per input line, in order."})
+    select_top: int | None = field(default=None, metadata={"help": "Also write the K most influential samples."})
+    selected: str | None = field(default=None, metadata={"help": "Where --select_top writes its samples."})
+
+    def __post_init__(self):
+        if not self.samples:
+            raise ValueError("--samples is required (a jsonl file of chat samples)")
+        if not self.output:
+            raise ValueError("--output is required (the scored jsonl to write)")
+        if self.select_top is not None and self.select_top < 1:
+            raise ValueError(f"select_top must be >= 1, got {self.select_top!r}")
+        if self.select_top is not None and not self.selected:
+            raise ValueError("--select_top needs --selected (where to write the selected samples)")
+
+
+@dataclass
+class SynthArguments:
+    rubric_source: str = field(
+        default="none",
+        metadata={"help": "Where rubrics come from: an exported rubric generator folder, a rubrics JSON file, "
+                          "or 'none' (no rubric)."},
+    )
+    documents: str = field(default="data/quickstart/documents.jsonl", metadata={"help": "Documents file."})
+    output: str = field(default=None, metadata={"help": "Output jsonl of chat samples with provenance."})
+    num_samples: int | None = field(default=None, metadata={"help": "Samples to accept (default: one per document)."})
+
+    def __post_init__(self):
+        if not self.output:
+            raise ValueError("--output is required (the jsonl to write)")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples!r}")

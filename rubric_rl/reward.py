@@ -1,0 +1,179 @@
+"""The TRL reward callable: completions -> rubrics -> samples -> influence -> floats.
+
+``R = valid * s(IF) - lambda * (1 - valid)`` where ``valid`` means the rubric parsed and the teacher's
+sample passed every verifier, ``IF`` is the influence engine's score of the sample on the target, and
+``s`` is the configured scaling (batch min-max by default, as in OptimSyn's code). Outcomes that say
+nothing about the rubric return ``None`` (TRL's "unscorable": excluded from the group baseline), and
+are counted, never turned into 0: a NaN/inf influence, or a teacher that failed for infrastructure
+reasons (timeout, HTTP error).
+
+It is a plain callable class, not an ``nn.Module`` (TRL would treat a module as a reward model). TRL
+calls it once per process on that process's completions; the target model lives on that process's
+device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .rubric import try_parse_rubric
+from .synth.engine import SampleSynthesizer, SynthItem
+
+logger = logging.getLogger(__name__)
+
+# Teacher failures that are not the rubric's fault: unscorable (None), not invalid.
+INFRA_TEACHER_ERRORS = ("teacher_timeout", "teacher_http", "teacher_connection", "teacher_bad_response",
+                        "teacher_budget_exhausted", "teacher_failed")
+
+
+def completion_text(completion) -> str:
+    """TRL passes conversational completions as a list of messages, standard ones as strings."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
+    return str(completion)
+
+
+def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
+                  scaling: str = "batch_minmax", scale: float = 1.0) -> list[float | None]:
+    """Reward shaping, separated from models so that it can be tested exactly.
+
+    ``influences[i]`` is only read where ``valid[i]``; ``None`` or non-finite there gives ``None``.
+    """
+    finite = [x for x, ok in zip(influences, valid) if ok and x is not None and math.isfinite(x)]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    out: list[float | None] = []
+    for x, ok in zip(influences, valid, strict=True):
+        if not ok:
+            out.append(-invalid_penalty)
+        elif x is None or not math.isfinite(x):
+            out.append(None)
+        elif scaling == "batch_minmax":
+            # A batch with a single distinct valid score carries no ranking information: midpoint.
+            out.append(scale * ((x - lo) / (hi - lo) if hi > lo else 0.5))
+        else:
+            out.append(scale * x)
+    return out
+
+
+@dataclass
+class RewardStats:
+    """Counts since the start of the run (all outcomes, by reason)."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    calls: int = 0
+
+    def to_dict(self) -> dict:
+        return {"calls": self.calls, "outcomes": dict(self.outcomes)}
+
+
+class InfluenceReward:
+    """``reward_funcs`` entry for TRL: scores rubric completions by the influence of their samples."""
+
+    __name__ = "influence"  # TRL names reward columns after this
+
+    def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
+                 scaling: str = "batch_minmax", scale: float = 1.0, log_path: str | Path | None = None):
+        self.synthesizer = synthesizer
+        self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device
+        self._scorer = None
+        self.invalid_penalty, self.scaling, self.scale = invalid_penalty, scaling, scale
+        self.stats = RewardStats()
+        self.log_path = Path(log_path) if log_path else None
+        self.recent_influences: list[float] = []  # drained by the logging callback (histograms)
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            # Building the scorer initialises modules (LoRA layers) from the global RNG. It happens on the
+            # first reward call, which after a resume is a different step than in the original run: keep
+            # it from shifting the policy's sampling stream, or a resumed run would diverge.
+            import random
+
+            import torch
+
+            py_state = random.getstate()
+            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+                self._scorer = self._scorer_factory()
+            random.setstate(py_state)
+        return self._scorer
+
+    def __call__(self, prompts, completions, completion_ids=None, *, document=None, doc_id=None,
+                 trainer_state=None, log_extra=None, log_metric=None, **_):
+        n = len(completions)
+        documents = document or [""] * n
+        doc_ids = doc_id or [""] * n
+        step = getattr(trainer_state, "global_step", None)
+        texts = [completion_text(c) for c in completions]
+
+        reasons: list[str | None] = [None] * n
+        rubrics = [None] * n
+        for i, text in enumerate(texts):
+            rubrics[i], err = try_parse_rubric(text)
+            if err:
+                reasons[i] = f"rubric_{err}"
+
+        todo = [i for i in range(n) if reasons[i] is None]
+        outcomes = self.synthesizer.synthesize(
+            [SynthItem(document=documents[i], rubric=rubrics[i], doc_id=str(doc_ids[i]), seed=(step or 0) * n + i)
+             for i in todo]
+        )
+        samples: list[list[dict] | None] = [None] * n
+        for i, out in zip(todo, outcomes, strict=True):
+            if out.valid:
+                samples[i] = out.messages
+            else:
+                reasons[i] = out.reason
+
+        scored = [i for i in range(n) if samples[i] is not None]
+        influences: list[float | None] = [None] * n
+        if scored:
+            for i, res in zip(scored, self.scorer.score([samples[i] for i in scored]), strict=True):
+                influences[i] = res.value
+                if res.value is None or not math.isfinite(res.value):
+                    influences[i] = None
+                    reasons[i] = f"influence_{res.reason or 'nonfinite'}"
+
+        unscorable = [r is not None and (r.startswith(INFRA_TEACHER_ERRORS) or r.startswith("influence_"))
+                      for r in reasons]
+        valid = [samples[i] is not None and not unscorable[i] for i in range(n)]
+        rewards = shape_rewards(influences, valid, invalid_penalty=self.invalid_penalty,
+                                scaling=self.scaling, scale=self.scale)
+        for i in range(n):
+            if unscorable[i]:
+                rewards[i] = None
+
+        # ---- accounting and logging
+        self.stats.calls += 1
+        for i in range(n):
+            self.stats.outcomes["valid" if valid[i] else (reasons[i] or "unknown")] += 1
+        n_none = sum(r is None for r in rewards)
+        if n_none:
+            logger.info("reward: %d/%d completions unscorable (%s)", n_none, n,
+                        dict(Counter(reasons[i] for i in range(n) if rewards[i] is None)))
+        finite_if = [x for x in influences if x is not None]
+        self.recent_influences.extend(finite_if)
+        if log_metric is not None:
+            log_metric("valid_rate", sum(valid) / n)
+            log_metric("rubric_parse_rate", sum(r is not None for r in rubrics) / n)
+            log_metric("unscorable_rate", n_none / n)
+            if finite_if:
+                log_metric("influence_mean", sum(finite_if) / len(finite_if))
+        if log_extra is not None:
+            log_extra("outcome", [r or "valid" for r in reasons])
+            log_extra("influence", influences)
+            log_extra("sample", [json.dumps(s, ensure_ascii=False) if s else "" for s in samples])
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a", encoding="utf-8") as fh:
+                for i in range(n):
+                    fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
+                                         "outcome": reasons[i] or "valid", "influence": influences[i],
+                                         "reward": rewards[i], "sample": samples[i]}, ensure_ascii=False) + "\n")
+        return rewards

@@ -1,0 +1,270 @@
+"""Build and run the RL job: (optional SFT warm start) -> target warm-up -> TRL GRPO -> export.
+
+Everything heavy is done by the libraries it is built on: TRL's ``SFTTrainer`` and ``GRPOTrainer``
+(rollouts, advantages, loss variants, vLLM, accelerate/DeepSpeed/FSDP), PEFT for LoRA, the HF
+``Trainer`` for checkpoints and resume. This module wires them to the reward and keeps the run
+folder in order::
+
+    OUTPUT_DIR/
+      rubric_rl_args.json     every argument of the run (secrets never stored)
+      sft_warmstart/          the policy after the warm start (tiny policies only), reused on rerun
+      warmup/                 target warm-up checkpoints (influence engine), reused on rerun
+      influence_cache/        validation gradients per checkpoint, reused on rerun
+      checkpoint-N/           GRPO checkpoints (resume with --resume_from_checkpoint)
+      metrics.jsonl           one object per logging step (whatever report_to says)
+      rollouts.jsonl          every rollout: rubric, outcome, influence, reward, sample
+      model files             the final policy
+      export/                 the standalone rubric generator (see rubric_rl.export)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- logging callbacks
+class MetricsJsonlCallback(TrainerCallback):
+    """Writes OUTPUT_DIR/metrics.jsonl: one object per logging step, main process only.
+
+    On resume, lines past the checkpoint's step are dropped first, so the file never holds a step twice.
+    """
+
+    REQUIRED = ("reward", "reward_std", "valid_rate", "influence_mean")
+
+    def __init__(self, path: str | Path, reward=None):
+        self.path = Path(path)
+        self.reward = reward
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= state.global_step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "reward" not in logs:
+            return
+        row = {"step": state.global_step, **{k: logs.get(k) for k in self.REQUIRED}}
+        row.update({k: v for k, v in logs.items() if k not in row and isinstance(v, int | float | str)})
+        if self.reward is not None:
+            row["outcomes"] = dict(self.reward.stats.outcomes)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class InfluenceHistogramCallback(TrainerCallback):
+    """With report_to=wandb: an influence histogram per logging step (TRL logs the rubric table)."""
+
+    def __init__(self, reward):
+        self.reward = reward
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        values, self.reward.recent_influences = self.reward.recent_influences, []
+        if not state.is_world_process_zero or not values or "wandb" not in (args.report_to or []):
+            return
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.log({"influence/histogram": wandb.Histogram(values), "train/global_step": state.global_step})
+
+
+# --------------------------------------------------------------------------- helpers
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj) if not hasattr(obj, "to_dict") else obj.to_dict()
+    return json.loads(json.dumps(obj, default=str))
+
+
+def save_run_args(output_dir: Path, **configs) -> None:
+    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
+    for cfg in data.values():  # never store tokens
+        for key in list(cfg):
+            if "token" in key and key.endswith(("_token", "hub_token")):
+                cfg[key] = None
+    (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def reward_summary(metrics_path: Path, frac: float = 0.2) -> dict:
+    """Mean reward of the first vs the last ``frac`` of logged steps."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+        if metrics_path.exists() else []
+    rewards = [r["reward"] for r in rows if isinstance(r.get("reward"), int | float) and math.isfinite(r["reward"])]
+    if not rewards:
+        return {"steps": 0}
+    k = max(1, int(round(len(rewards) * frac)))
+    first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+    return {"steps": len(rewards), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
+
+
+def _resume_arg(value):
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", ""):
+        return None
+    return value
+
+
+def _policy_peft_config(args):
+    if not args.policy_use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.policy_lora_r, lora_alpha=args.policy_lora_alpha, lora_dropout=0.0,
+                      target_modules=args.policy_lora_target_modules or "all-linear", task_type="CAUSAL_LM")
+
+
+def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path):
+    """Fine-tune the policy on (policy prompt, seed rubric) pairs; reuses a finished warm start."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .data.documents import load_rubric_file
+    from .data.prompts import policy_messages
+    from .models import load_causal_lm
+
+    target = output_dir / "sft_warmstart"
+    spec = {"policy": args.policy_model_name_or_path, "seed_rubrics": args.seed_rubrics,
+            "epochs": args.policy_sft_epochs, "lr": args.policy_sft_learning_rate,
+            "batch_size": args.policy_sft_batch_size, "max_documents": args.policy_sft_max_documents,
+            "max_document_chars": args.max_document_chars, "seed": grpo_args.seed, "task": args.task_description,
+            "documents": args.documents}
+    marker = target / "warmstart_args.json"
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        logger.info("reusing SFT warm start in %s", target)
+        return load_causal_lm(str(target), tokenizer, dtype=torch.float32)
+    if not args.seed_rubrics:
+        raise ValueError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
+    rubrics = load_rubric_file(args.seed_rubrics)
+    rows = [
+        {"prompt": policy_messages(d["text"], args.task_description, args.max_document_chars),
+         "completion": [{"role": "assistant", "content": r.to_json()}]}
+        for d in documents[: args.policy_sft_max_documents] for r in rubrics
+    ]
+    sft_args = SFTConfig(
+        output_dir=str(target), num_train_epochs=args.policy_sft_epochs,
+        learning_rate=args.policy_sft_learning_rate, per_device_train_batch_size=args.policy_sft_batch_size,
+        lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="no", report_to="none",
+        seed=grpo_args.seed, use_cpu=grpo_args.use_cpu, bf16=grpo_args.bf16, max_length=None,
+        disable_tqdm=grpo_args.disable_tqdm, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(target))
+    if trainer.accelerator.is_main_process:
+        marker.write_text(json.dumps(spec, indent=1))
+    trainer.accelerator.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    del trainer
+    return model
+
+
+# --------------------------------------------------------------------------- main entry
+def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
+    """Run the whole job; returns a summary (export path, reward first vs last 20%)."""
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from .data.documents import load_documents
+    from .data.prompts import build_prompt_dataset
+    from .influence import InfluenceScorer, run_warmup
+    from .models import load_causal_lm, load_tokenizer
+    from .reward import InfluenceReward
+    from .synth.engine import SampleSynthesizer
+    from .teachers.factory import build_teacher
+
+    state = PartialState()
+    output_dir = Path(grpo_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(grpo_args.seed)
+    if args.torch_num_threads:
+        torch.set_num_threads(args.torch_num_threads)
+    if state.is_main_process:
+        save_run_args(output_dir, rubric_rl=args, grpo=grpo_args, teacher=teacher_cfg, influence=influence_cfg)
+
+    documents = load_documents(args.documents, text_field=args.document_text_field)
+    dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars)
+    logger.info("%d documents -> %d policy prompts", len(documents), len(dataset))
+
+    tokenizer = load_tokenizer(args.policy_model_name_or_path, trust_remote_code=args.policy_trust_remote_code)
+    model = load_causal_lm(args.policy_model_name_or_path, tokenizer, dtype=args.policy_dtype,
+                           trust_remote_code=args.policy_trust_remote_code)
+    if args.policy_sft_warmstart:
+        model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
+
+    # The target's warm-up runs once (main process first); every process then loads it on its device.
+    with state.main_process_first():
+        run_warmup(influence_cfg, output_dir)
+
+    teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
+    rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
+    reward = InfluenceReward(
+        SampleSynthesizer(teacher),
+        lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
+        invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
+        log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
+    )
+    resume = _resume_arg(grpo_args.resume_from_checkpoint)
+    if resume is None and state.is_main_process:
+        for stale in (output_dir / "metrics.jsonl", output_dir / "rollouts.jsonl"):
+            stale.unlink(missing_ok=True)
+    state.wait_for_everyone()
+
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=[reward], args=grpo_args, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=_policy_peft_config(args),
+        callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+
+    summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
+               "outcomes": dict(reward.stats.outcomes)}
+    if state.is_main_process:
+        from .export import export_run
+
+        export_dir = output_dir / "export"
+        export_run(output_dir, export_dir)
+        summary["export_dir"] = str(export_dir)
+        (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
+    state.wait_for_everyone()
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    r = summary.get("reward", {})
+    lines = []
+    if summary.get("export_dir"):
+        lines.append(f"Exported rubric generator: {summary['export_dir']}")
+    if r.get("steps"):
+        lines.append(
+            f"Reward over {r['steps']} logged steps: first {r['window']} mean {r['first_mean']:.4f} -> "
+            f"last {r['window']} mean {r['last_mean']:.4f} (delta {r['delta']:+.4f})"
+        )
+    lines.append(f"Run folder: {summary['output_dir']} (metrics.jsonl, rollouts.jsonl, checkpoints)")
+    return "\n".join(lines)
+
+
+def _quiet_env():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
