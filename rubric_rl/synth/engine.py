@@ -1,4 +1,4 @@
-"""(document, rubric) -> teacher -> parse -> verifiers -> accepted sample or a reason."""
+"""(document, rubric[, seed sample]) -> teacher -> parse -> verifiers -> accepted sample or a reason."""
 
 from __future__ import annotations
 
@@ -7,29 +7,35 @@ from dataclasses import dataclass, field
 
 from ..rubric import Rubric
 from ..teachers.base import Teacher, TeacherRequest
-from .parse import parse_sample
-from .verifiers import Candidate, default_verifiers
+from ..teachers.factory import teacher_label
+from .parse import parse_answer, parse_sample
+from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, NEW_QUESTION_INSTRUCTIONS, SEEDED, STRATEGIES,
+                         TEACHER_SYSTEM, new_question_messages, strategy_messages)
+from .verifiers import Candidate, default_verifiers, verifier_name
 
-TEACHER_SYSTEM = "You are a domain expert who writes high-quality training data for a language model."
-TEACHER_INSTRUCTIONS = (
-    "Write one question and its answer, based only on the document and following every criterion of the "
-    "rubric. Reply exactly in this format:\nQuestion:\n<the question>\nAnswer:\n<the answer>"
-)
+TEACHER_INSTRUCTIONS = NEW_QUESTION_INSTRUCTIONS  # kept: the name other modules import
+
+__all__ = ["TEACHER_SYSTEM", "TEACHER_INSTRUCTIONS", "teacher_messages", "SynthItem", "SampleOutcome",
+           "SampleSynthesizer"]
 
 
 def teacher_messages(document: str, rubric: Rubric | None) -> list[dict]:
     """The teacher prompt for the ``new_question`` strategy."""
-    rubric_text = rubric.render() if rubric is not None and rubric.num_items else "(no rubric: use your judgement)"
-    user = f"Document:\n{document}\n\nRubric:\n{rubric_text}\n\n{TEACHER_INSTRUCTIONS}"
-    return [{"role": "system", "content": TEACHER_SYSTEM}, {"role": "user", "content": user}]
+    return new_question_messages(document, rubric)
 
 
 @dataclass
 class SynthItem:
+    """One candidate sample to synthesize. ``seed_messages`` (a chat sample) is required by the ``rephrase`` and
+    ``augment_answer`` strategies; ``meta`` is copied into the outcome's provenance."""
+
     document: str
     rubric: Rubric | None
     doc_id: str = ""
     seed: int = 0
+    strategy: str = NEW_QUESTION
+    seed_messages: list[dict] | None = None
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -45,38 +51,101 @@ class SampleOutcome:
 
 
 class SampleSynthesizer:
-    """Turns (document, rubric) pairs into verified chat samples with one teacher call each."""
+    """Turns items into verified chat samples with ONE teacher query per item.
 
-    def __init__(self, teacher: Teacher, verifiers: list | None = None):
+    ``verifiers`` run in order and the first rejection wins; a verifier with an ``observe(candidate)``
+    method (near-duplicate filter) is told about every accepted sample, so later candidates, also
+    within the same ``synthesize`` call, are checked against it. ``budget`` caps the teacher queries over
+    the synthesizer's lifetime: items past it come back with reason ``teacher_budget_exhausted`` and cost
+    nothing.
+    ``queries_spent`` and ``counts`` (accepted / reason -> n) accumulate over calls.
+    """
+
+    def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None):
         self.teacher = teacher
         self.verifiers = default_verifiers() if verifiers is None else verifiers
+        self.budget = budget
+        self.queries_spent = 0
         self.counts: Counter = Counter()
+        self.teacher_label = teacher_label(teacher)
+
+    @property
+    def budget_left(self) -> int | None:
+        return None if self.budget is None else max(0, self.budget - self.queries_spent)
+
+    def _request(self, item: SynthItem) -> TeacherRequest:
+        meta = {"doc_id": item.doc_id, "strategy": item.strategy}
+        if item.strategy in SEEDED:
+            meta["seed_question"] = _turn(item.seed_messages, "user")
+            meta["seed_answer"] = _turn(item.seed_messages, "assistant")
+        return TeacherRequest(messages=strategy_messages(item.strategy, item.document, item.rubric, item.seed_messages),
+                              document=item.document, rubric=item.rubric, seed=item.seed, meta=meta)
 
     def synthesize(self, items: list[SynthItem]) -> list[SampleOutcome]:
         outcomes: list[SampleOutcome | None] = [None] * len(items)
         requests, index = [], []
         for i, item in enumerate(items):
-            if not item.document or not item.document.strip():
-                outcomes[i] = SampleOutcome(None, "empty_document")
-                continue
-            requests.append(TeacherRequest(messages=teacher_messages(item.document, item.rubric),
-                                           document=item.document, rubric=item.rubric, seed=item.seed,
-                                           meta={"doc_id": item.doc_id}))
-            index.append(i)
+            meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
+            if item.strategy not in STRATEGIES:
+                outcomes[i] = SampleOutcome(None, "unknown_strategy", meta=meta)
+            elif item.strategy in SEEDED and not item.seed_messages:
+                outcomes[i] = SampleOutcome(None, "missing_seed_sample", meta=meta)
+            elif item.strategy == NEW_QUESTION and (not item.document or not item.document.strip()):
+                outcomes[i] = SampleOutcome(None, "empty_document", meta=meta)
+            elif self.budget_left is not None and self.budget_left <= len(requests):
+                outcomes[i] = SampleOutcome(None, "teacher_budget_exhausted", meta=meta)
+            else:
+                requests.append(self._request(item))
+                index.append(i)
         results = self.teacher.generate(requests) if requests else []
+        if len(results) != len(requests):
+            raise RuntimeError(f"teacher {self.teacher_label} returned {len(results)} results for "
+                               f"{len(requests)} requests")
+        self.queries_spent += len(requests)
         for i, res in zip(index, results, strict=True):
             item = items[i]
-            meta = {"doc_id": item.doc_id, "teacher": getattr(self.teacher, "name", type(self.teacher).__name__)}
+            meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
+            if res.prompt_tokens or res.completion_tokens:
+                meta["tokens"] = {"prompt": res.prompt_tokens, "completion": res.completion_tokens}
             if not res.ok:
                 outcomes[i] = SampleOutcome(None, f"teacher_{res.error or 'failed'}", res.text, meta)
                 continue
-            messages, reason = parse_sample(res.text)
+            if item.strategy == AUGMENT_ANSWER:
+                answer, reason = parse_answer(res.text)
+                messages = None if answer is None else [{"role": "user", "content": _turn(item.seed_messages, "user")},
+                                                        {"role": "assistant", "content": answer}]
+            else:
+                messages, reason = parse_sample(res.text)
             if messages is None:
                 outcomes[i] = SampleOutcome(None, f"parse_{reason}", res.text, meta)
                 continue
-            cand = Candidate(messages, item.document, meta)
-            reason = next((r for r in (v(cand) for v in self.verifiers) if r), None)
-            outcomes[i] = SampleOutcome(messages if reason is None else None, reason, res.text, meta)
+            outcomes[i] = self._verify(Candidate(messages, item.document, meta), res.text)
         for o in outcomes:
             self.counts["accepted" if o.valid else o.reason] += 1
         return outcomes
+
+    def _verify(self, cand: Candidate, text: str) -> SampleOutcome:
+        results: dict[str, str] = {}
+        reason = None
+        for verifier in self.verifiers:
+            name = verifier_name(verifier)
+            reason = verifier(cand)
+            results[name] = reason or "pass"
+            if reason:
+                cand.meta["rejected_by"] = name
+                break
+        cand.meta["verifiers"] = results
+        if reason is None:
+            for verifier in self.verifiers:
+                observe = getattr(verifier, "observe", None)
+                if observe is not None:
+                    observe(cand)
+        return SampleOutcome(cand.messages if reason is None else None, reason, text, cand.meta)
+
+
+def _turn(messages: list[dict] | None, role: str) -> str:
+    messages = list(messages or [])
+    for m in reversed(messages) if role == "assistant" else messages:
+        if m.get("role") == role:
+            return m.get("content", "")
+    return ""

@@ -56,3 +56,39 @@ def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
     if not a:
         return None, "empty_answer"
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}], None
+
+
+_ANSWER_LABEL = re.compile(r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:answer|response)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
+                           re.IGNORECASE)
+
+
+def parse_answer(text: str | None) -> tuple[str | None, str | None]:
+    """An answer alone (the ``augment_answer`` strategy): ``(answer, None)`` or ``(None, reason)``.
+
+    Accepts ``Answer:`` followed by the answer, a full ``Question:``/``Answer:`` pair (the answer part is
+    kept), a JSON object with an ``answer`` key, or bare text.
+    """
+    if text is None:
+        return None, "no_text"
+    text = _THINK.sub("", text).strip()
+    text = re.sub(r"^```\w*\n|```$", "", text).strip()
+    if not text:
+        return None, "empty_output"
+    if text.startswith("{"):
+        qa = _from_json(text)
+        if qa is not None:
+            text = qa[1]
+        else:
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict) and isinstance(obj.get("answer"), str):
+                text = obj["answer"]
+    m = _ANSWER_LABEL.search(text)
+    if m:
+        text = text[m.end():]
+    text = text.strip()
+    if not text:
+        return None, "empty_answer"
+    return text, None

@@ -74,8 +74,34 @@ class NonTrivialVerifier:
         doc = _norm(c.document)
         if doc and len(doc) > 80 and doc in q:
             return "question_copies_document"
+        if _REFUSAL.match(c.answer.strip()) or _REFUSAL.match(c.question.strip()):
+            return "refusal"
         return None
 
 
-def default_verifiers() -> list:
-    return [FormatVerifier(), NonTrivialVerifier()]
+_REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|answer|assist|provide|write)|"
+                      r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
+
+
+def default_verifiers(*, grounding: bool = True, safety: bool = True, eval_items: list[dict] | None = None,
+                      grounding_min_overlap: float = 0.5, decontam_ngram: int = 8, decontam_threshold: float = 0.5,
+                      blocklist_file: str | None = None) -> list:
+    """The standard stateless chain: format, non-triviality, grounding, safety, and decontamination when
+    ``eval_items`` (chat-format validation/test items) are given. Near-duplicate removal is stateful and
+    added separately (:class:`rubric_rl.synth.dedup.NearDuplicateFilter`)."""
+    from .decontam import Decontaminator
+    from .grounding import GroundingVerifier
+    from .safety import SafetyVerifier
+
+    chain: list = [FormatVerifier(), NonTrivialVerifier()]
+    if grounding:
+        chain.append(GroundingVerifier(min_overlap=grounding_min_overlap))
+    if safety:
+        chain.append(SafetyVerifier(blocklist_file=blocklist_file))
+    if eval_items:
+        chain.append(Decontaminator(eval_items, ngram=decontam_ngram, threshold=decontam_threshold))
+    return chain
+
+
+def verifier_name(verifier) -> str:
+    return getattr(verifier, "name", None) or type(verifier).__name__

@@ -23,7 +23,7 @@ import random
 import re
 from collections import defaultdict
 
-from ..data.world import FACT_SENTENCES, LETTERS, RELATIONS, extract_facts
+from ..data.world import EVAL_QUESTIONS, FACT_PATTERNS, FACT_SENTENCES, LETTERS, RELATIONS, extract_facts
 from ..rubric import Rubric
 from .base import TeacherRequest, TeacherResult
 
@@ -61,6 +61,21 @@ def _has(text: str, words) -> int:
     return sum(text.count(w) for w in words)
 
 
+def _answer_style(r: str) -> tuple[bool, bool, bool, bool]:
+    """(reasoning, concise, final, cite) answer-format flags from a rubric's lower-cased text."""
+    reasoning = _has(r, ANSWER_KEYWORDS["reasoning"]) > 0
+    concise = _has(r, ANSWER_KEYWORDS["concise"]) > 0 and not reasoning
+    return reasoning, concise, _has(r, ANSWER_KEYWORDS["final"]) > 0, _has(r, ANSWER_KEYWORDS["cite"]) > 0
+
+
+def _support(sentence: str, cite: bool) -> str:
+    """The supporting fact sentence, attributed to the document when the rubric asks for citing."""
+    if not cite:
+        return sentence
+    return "According to the document, " + (sentence[0].lower() + sentence[1:] if sentence.startswith("The ")
+                                            else sentence)
+
+
 def _stable_int(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("|".join(parts).encode()).digest()[:8], "big")
 
@@ -77,15 +92,24 @@ class TemplateTeacher:
             for rel, _s, o, _sent in extract_facts(text):
                 self.pool[rel].add(o)
 
-    def generate(self, requests: list[TeacherRequest]) -> list[TeacherResult]:
+    def generate(self, requests: list[TeacherRequest], **_sampling) -> list[TeacherResult]:
+        """One result per request; sampling keywords (``max_new_tokens``, ...) are accepted and ignored."""
         return [self._one(r) for r in requests]
 
     # ------------------------------------------------------------------ internals
     def _one(self, req: TeacherRequest) -> TeacherResult:
-        if not req.document.strip():
-            return TeacherResult(text=None, error="empty_document")
-        rubric = req.rubric or Rubric()
-        text = self.write(req.document, rubric, seed=req.seed)
+        fields = _request_fields(req)
+        strategy, document, rubric = fields["strategy"], fields["document"], fields["rubric"] or Rubric()
+        if strategy == "rephrase":
+            text = self.rephrase(fields["question"], fields["answer"], rubric, seed=req.seed)
+        elif strategy == "augment_answer":
+            if not document.strip():
+                return TeacherResult(text=None, error="empty_document")
+            text = self.answer(document, fields["question"], rubric, seed=req.seed)
+        else:
+            if not document.strip():
+                return TeacherResult(text=None, error="empty_document")
+            text = self.write(document, rubric, seed=req.seed)
         if text is None:
             return TeacherResult(text=None, error="no_usable_fact")
         return TeacherResult(text=text, completion_tokens=len(text.split()))
@@ -105,14 +129,8 @@ class TemplateTeacher:
         style = max(STYLE_KEYWORDS, key=lambda k: _has(r, STYLE_KEYWORDS[k]))
         if _has(r, STYLE_KEYWORDS[style]) == 0:
             style = "open"
-        reasoning = _has(r, ANSWER_KEYWORDS["reasoning"]) > 0
-        concise = _has(r, ANSWER_KEYWORDS["concise"]) > 0 and not reasoning
-        final = _has(r, ANSWER_KEYWORDS["final"]) > 0
-        cite = _has(r, ANSWER_KEYWORDS["cite"]) > 0
-        if cite:
-            support = "According to the document, " + (sentence[0].lower() + sentence[1:] if sentence.startswith("The ") else sentence)
-        else:
-            support = sentence
+        reasoning, concise, final, cite = _answer_style(r)
+        support = _support(sentence, cite)
         question = TEACHER_QUESTIONS[rel].format(s=subj)
 
         if style == "mc":
@@ -165,3 +183,194 @@ class TemplateTeacher:
         reasoning = _has(r, ANSWER_KEYWORDS["reasoning"]) > 0
         answer = f"The document says: {sentence} The blank is {word}." if reasoning else word
         return f"Question:\n{question}\nAnswer:\n{answer}"
+
+    # ------------------------------------------------------------------ other strategies
+    def rephrase(self, question: str, answer: str, rubric: Rubric, seed: int = 0) -> str | None:
+        """The ``rephrase`` strategy: the seed question asked in other words (never the evaluation phrasing),
+        its answer kept (it is the same question)."""
+        if not question.strip() or not answer.strip():
+            return None
+        stem, _, rest = question.strip().partition("\n")
+        found = _match_question(stem)
+        if found is not None:
+            rel, subj = found
+            new_stem = REPHRASED_QUESTIONS[rel].format(s=subj)
+        elif stem.startswith("True or false: "):
+            new_stem = "Is the following statement true or false? " + stem[len("True or false: "):]
+        elif stem.startswith("Fill in the blank: "):
+            new_stem = "Complete the sentence: " + stem[len("Fill in the blank: "):]
+        else:
+            rng = random.Random(_stable_int(question, rubric.to_json(), str(seed)))
+            new_stem = rng.choice(_GENERIC_REPHRASE_PREFIXES) + stem
+        new_question = new_stem + ("\n" + rest if rest else "")
+        return f"Question:\n{new_question}\nAnswer:\n{answer.strip()}"
+
+    def answer(self, document: str, question: str, rubric: Rubric, seed: int = 0) -> str | None:
+        """The ``augment_answer`` strategy: a new answer to ``question`` from the document, in the answer style
+        the rubric asks for (deterministic: ``seed`` is accepted for interface parity)."""
+        reasoning, concise, final, cite = _answer_style(rubric.text())
+        facts = extract_facts(document)
+        stem = question.strip().split("\n", 1)[0]
+        fact, verdict = _fact_for_question(facts, question, stem)
+        if fact is None:
+            sentence = _best_sentence(document, question)
+            if sentence is None:
+                return None
+            body = f"The document says: {sentence}" if (reasoning or cite) else sentence
+            return f"Answer:\n{body}"
+        rel, subj, obj, sentence = fact
+        support = _support(sentence, cite)
+        options = dict(re.findall(r"^\(([A-D])\)\s*(.+?)\s*$", question, re.MULTILINE))
+        letter = next((L for L, o in options.items() if o == obj), None)
+        if verdict is not None:  # true / false
+            word = "True" if verdict else "False"
+            body = f"{support} So the statement is {word.lower()}. {word}." if reasoning else word
+        elif letter is not None:  # multiple choice
+            if reasoning:
+                body = f"Let's think step by step. {support} This matches option ({letter})."
+                body += f" The answer is ({letter})." if final else ""
+            elif concise:
+                body = f"({letter})"
+            else:
+                body = f"The answer is ({letter})." if final else f"({letter}) {obj}"
+        elif "____" in question:
+            body = f"{support} The blank is {obj}." if reasoning else obj
+        else:
+            if reasoning:
+                body = f"Let's think step by step. {support} So the answer is {obj}."
+            elif concise:
+                body = obj
+            else:
+                body = support
+            if final and not reasoning:
+                body += f" Final answer: {obj}."
+        return f"Answer:\n{body}"
+
+
+# How the template teacher rephrases a question it recognises (neither the template nor the evaluation phrasing).
+REPHRASED_QUESTIONS = {
+    "indication": "For which condition would a doctor prescribe {s}?",
+    "drug_class": "To which class of medicines does {s} belong?",
+    "mechanism": "What is the mechanism of action of {s}?",
+    "dosage": "What dose of {s} does an adult usually take?",
+    "contraindication": "In which patients is {s} contraindicated?",
+    "side_effect": "What adverse effect do patients on {s} report most often?",
+}
+_GENERIC_REPHRASE_PREFIXES = ("Answer the following question: ", "Based on the document, answer this: ")
+
+
+def _question_pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(re.escape("{s}"), r"(?P<s>[A-Z][A-Za-z-]+)") + "$")
+
+
+_QUESTION_PATTERNS = [(rel, _question_pattern(tpl)) for table in (TEACHER_QUESTIONS, EVAL_QUESTIONS, REPHRASED_QUESTIONS)
+                      for rel, tpl in table.items()]
+
+
+def _match_question(stem: str) -> tuple[str, str] | None:
+    for rel, pattern in _QUESTION_PATTERNS:
+        m = pattern.match(stem.strip())
+        if m:
+            return rel, m.group("s")
+    return None
+
+
+def _fact_for_question(facts, question: str, stem: str):
+    """The document fact ``question`` asks about, and for a true/false statement its truth value."""
+    if not facts:
+        return None, None
+    found = _match_question(stem)
+    if found is not None:
+        rel, subj = found
+        return next((f for f in facts if f[0] == rel and f[1] == subj), None), None
+    for prefix in ("True or false: ", "Is the following statement true or false? "):
+        if stem.startswith(prefix):
+            statement = stem[len(prefix):].strip()
+            for rel, pattern in FACT_PATTERNS.items():
+                m = pattern.match(statement)
+                if m:
+                    fact = next((f for f in facts if f[0] == rel and f[1] == m.group("s")), None)
+                    return fact, (fact is not None and fact[2] == m.group("o"))
+            return None, None
+    if "____" in stem:
+        statement = stem.split(": ", 1)[-1].strip()
+        for rel, pattern in FACT_PATTERNS.items():
+            m = pattern.match(statement.replace("____", "BLANK"))
+            if m and m.group("o") == "BLANK":
+                return next((f for f in facts if f[0] == rel and f[1] == m.group("s")), None), None
+    text = question.lower()
+    scores = {rel: _has(text, kws) for rel, kws in RELATION_KEYWORDS.items()}
+    subjects = [f for f in facts if f[1].lower() in text] or facts
+    best = max(scores.values())
+    if best == 0:
+        return None, None
+    return next((f for f in subjects if scores[f[0]] == best), None), None
+
+
+def _best_sentence(document: str, question: str) -> str | None:
+    q = set(re.findall(r"[a-z]{4,}", question.lower()))
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", document) if len(s.split()) >= 4]
+    if not sentences:
+        return None
+    return max(sentences, key=lambda s: len(q & set(re.findall(r"[a-z]{4,}", s.lower()))))
+
+
+# ---------------------------------------------------------------------- prompts read back from messages
+_LABELS = ("Document", "Rubric", "Seed question", "Seed answer", "Question")
+# A label opens a block only at the start of the prompt or after a blank line (the instructions' own
+# "Question:" / "Answer:" format lines do not).
+_LABEL_RE = re.compile(r"(?:\A|\n\n)(" + "|".join(_LABELS) + r"):\n")
+
+
+def _prompt_sections(text: str) -> dict[str, str]:
+    """``{label: content}`` of a prompt written by :mod:`rubric_rl.synth.strategies` (instructions stripped)."""
+    marks = list(_LABEL_RE.finditer(text))
+    out: dict[str, str] = {}
+    for k, m in enumerate(marks):
+        end = marks[k + 1].start() if k + 1 < len(marks) else len(text)
+        body = text[m.end():end]
+        if k + 1 == len(marks):  # the last block is followed by the instructions paragraph
+            body = body.rsplit("\n\n", 1)[0]
+        out.setdefault(m.group(1), body.strip())
+    return out
+
+
+def _rubric_from_render(text: str) -> Rubric | None:
+    """Inverse of :meth:`Rubric.render` (exact, so that a served template teacher writes what an in-process one does)."""
+    from ..rubric import SECTION_TITLES
+
+    by_title = {title: name for name, title in SECTION_TITLES.items()}
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line.endswith(":") and line[:-1] in by_title:
+            current = by_title[line[:-1]]
+            out[current] = []
+        elif current is not None and line.startswith("- "):
+            out[current].append(line[2:])
+    return Rubric(**out) if out else None
+
+
+def _request_fields(req: TeacherRequest) -> dict:
+    """Strategy, document, rubric and seed sample of a request: from the structured fields when the request was
+    built in-process, else read back from the prompt (the template teacher behind ``serve-teacher``)."""
+    meta = req.meta or {}
+    fields = {"strategy": meta.get("strategy"), "document": req.document, "rubric": req.rubric,
+              "question": meta.get("seed_question", ""), "answer": meta.get("seed_answer", "")}
+    if fields["strategy"] is not None and (req.document or fields["strategy"] == "rephrase"):
+        return fields
+    user = next((m.get("content", "") for m in reversed(req.messages or []) if m.get("role") == "user"), "")
+    sections = _prompt_sections(user) if isinstance(user, str) else {}
+    if "Seed question" in sections:
+        strategy = "rephrase"
+    elif "Question" in sections:
+        strategy = "augment_answer"
+    else:
+        strategy = "new_question"
+    document = sections.get("Document", "")
+    if document.startswith("(no document"):
+        document = ""
+    return {"strategy": fields["strategy"] or strategy, "document": req.document or document,
+            "rubric": req.rubric if req.rubric is not None else _rubric_from_render(sections.get("Rubric", "")),
+            "question": fields["question"] or sections.get("Seed question") or sections.get("Question", ""),
+            "answer": fields["answer"] or sections.get("Seed answer", "")}

@@ -1,0 +1,121 @@
+"""Generation strategies: what the teacher is asked to write, and how to choose between them.
+
+Three strategies, after Chan et al., "Balancing Cost and Effectiveness of Synthetic Data Generation
+Strategies for LLMs" (2024, arXiv:2409.19759), each costing ONE teacher query per candidate sample:
+
+* ``new_question``   a new question and its answer from a document, under a rubric (the RL default);
+* ``rephrase``       a seed question rephrased (same information asked in other words) and answered;
+* ``augment_answer`` a new answer to a seed question, the question kept as is.
+
+``auto`` picks one of them from the teacher-query budget and the seed set, see :func:`choose_strategy`.
+
+Prompt layout (shared with the offline template teacher, which reads it back when it is served over
+HTTP): labelled blocks ``Document:``, ``Rubric:``, then ``Seed question:`` / ``Seed answer:``
+(rephrase) or ``Question:`` (augment_answer), then the instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..rubric import Rubric
+
+NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augment_answer", "auto"
+STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER)
+STRATEGY_CHOICES = STRATEGIES + (AUTO,)
+SEEDED = (REPHRASE, AUGMENT_ANSWER)  # strategies that need a seed set
+
+TEACHER_SYSTEM = "You are a domain expert who writes high-quality training data for a language model."
+NEW_QUESTION_INSTRUCTIONS = (
+    "Write one question and its answer, based only on the document and following every criterion of the "
+    "rubric. Reply exactly in this format:\nQuestion:\n<the question>\nAnswer:\n<the answer>"
+)
+REPHRASE_INSTRUCTIONS = (
+    "Rephrase the seed question: ask for the same information in different words (do not copy it), following "
+    "every criterion of the rubric, then answer the rephrased question based only on the document. Reply exactly "
+    "in this format:\nQuestion:\n<the rephrased question>\nAnswer:\n<the answer>"
+)
+AUGMENT_ANSWER_INSTRUCTIONS = (
+    "Write a new answer to the question, based only on the document and following every response criterion of "
+    "the rubric. Reply exactly in this format:\nAnswer:\n<the answer>"
+)
+NO_RUBRIC = "(no rubric: use your judgement)"
+NO_DOCUMENT = "(no document: rely on the question)"
+
+
+def rubric_block(rubric: Rubric | None) -> str:
+    return rubric.render() if rubric is not None and rubric.num_items else NO_RUBRIC
+
+
+def _messages(user: str) -> list[dict]:
+    return [{"role": "system", "content": TEACHER_SYSTEM}, {"role": "user", "content": user}]
+
+
+def new_question_messages(document: str, rubric: Rubric | None) -> list[dict]:
+    return _messages(f"Document:\n{document}\n\nRubric:\n{rubric_block(rubric)}\n\n{NEW_QUESTION_INSTRUCTIONS}")
+
+
+def rephrase_messages(document: str, rubric: Rubric | None, question: str, answer: str) -> list[dict]:
+    return _messages(f"Document:\n{document.strip() or NO_DOCUMENT}\n\nRubric:\n{rubric_block(rubric)}\n\n"
+                     f"Seed question:\n{question}\n\nSeed answer:\n{answer}\n\n{REPHRASE_INSTRUCTIONS}")
+
+
+def augment_answer_messages(document: str, rubric: Rubric | None, question: str) -> list[dict]:
+    return _messages(f"Document:\n{document.strip() or NO_DOCUMENT}\n\nRubric:\n{rubric_block(rubric)}\n\n"
+                     f"Question:\n{question}\n\n{AUGMENT_ANSWER_INSTRUCTIONS}")
+
+
+def strategy_messages(strategy: str, document: str, rubric: Rubric | None,
+                      seed_messages: list[dict] | None = None) -> list[dict]:
+    """The teacher prompt for one candidate sample of ``strategy``."""
+    if strategy == NEW_QUESTION:
+        return new_question_messages(document, rubric)
+    if strategy not in SEEDED:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if not seed_messages:
+        raise ValueError(f"strategy {strategy!r} needs a seed sample (seed_messages)")
+    question = next((m["content"] for m in seed_messages if m["role"] == "user"), "")
+    answer = next((m["content"] for m in reversed(seed_messages) if m["role"] == "assistant"), "")
+    if strategy == REPHRASE:
+        return rephrase_messages(document, rubric, question, answer)
+    return augment_answer_messages(document, rubric, question)
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    strategy: str
+    ratio: float | None  # budget / seed-set size (None without a seed set)
+    why: str
+
+
+def choose_strategy(requested: str, *, budget: int, num_seeds: int, ratio_threshold: float = 4.0) -> StrategyChoice:
+    """Resolve ``requested`` (a strategy or ``"auto"``) for a run with ``budget`` teacher queries and a seed set
+    of ``num_seeds`` samples.
+
+    The ``auto`` rule follows Chan et al. (2024, arXiv:2409.19759): the best generation strategy depends
+    on the ratio between the teacher-query budget and the size of the seed instruction set. When that
+    ratio is LOW, generating new answers to the existing questions (answer augmentation) is most
+    effective; as the ratio GROWS, generating new questions becomes optimal (the seed questions are
+    exhausted, and diversity of questions matters more than more answers to the same ones). Question
+    rephrasing sits in between and is mostly attractive with a weak teacher, so ``auto`` does not pick
+    it; ask for it explicitly.
+
+    Rule: ``ratio = budget / num_seeds``; ``augment_answer`` if ``ratio <= ratio_threshold``, else
+    ``new_question``; ``new_question`` when there is no seed set. The paper shows the crossover moves
+    with the task, so ``ratio_threshold`` (``synth_auto_ratio_threshold``) is a setting to tune, not a
+    constant taken from the paper.
+    """
+    if requested not in STRATEGY_CHOICES:
+        raise ValueError(f"unknown strategy {requested!r}; expected one of {STRATEGY_CHOICES}")
+    ratio = budget / num_seeds if num_seeds > 0 else None
+    if requested != AUTO:
+        if requested in SEEDED and num_seeds == 0:
+            raise ValueError(f"strategy {requested!r} needs a seed set (synth_seed_samples), got none")
+        return StrategyChoice(requested, ratio, "requested")
+    if ratio is None:
+        return StrategyChoice(NEW_QUESTION, None, "auto: no seed set, so new questions from the documents")
+    if ratio <= ratio_threshold:
+        return StrategyChoice(AUGMENT_ANSWER, ratio, f"auto: budget/seeds = {ratio:.2f} <= {ratio_threshold} "
+                                                     "(low ratio: new answers to existing questions)")
+    return StrategyChoice(NEW_QUESTION, ratio, f"auto: budget/seeds = {ratio:.2f} > {ratio_threshold} "
+                                               "(high ratio: new questions)")

@@ -1,0 +1,118 @@
+"""Generation strategies: prompts, the auto rule, each strategy end to end, budget accounting in the engine."""
+
+import json
+
+import pytest
+
+from rubric_rl.data.documents import load_chat_samples, load_documents, load_rubric_file
+from rubric_rl.synth.engine import SampleSynthesizer, SynthItem, teacher_messages
+from rubric_rl.synth.strategies import (AUGMENT_ANSWER, NEW_QUESTION, REPHRASE, choose_strategy, strategy_messages)
+from rubric_rl.teachers.base import TeacherResult
+from rubric_rl.teachers.template import TemplateTeacher
+
+
+@pytest.fixture(scope="module")
+def world(quickstart_dir):
+    docs = load_documents(quickstart_dir / "documents.jsonl")
+    seeds = load_chat_samples(quickstart_dir / "warmup.jsonl")
+    rubrics = load_rubric_file(quickstart_dir / "seed_rubrics.json")
+    return docs, {d["id"]: d["text"] for d in docs}, seeds, rubrics
+
+
+def test_auto_rule_follows_budget_to_seed_ratio():
+    assert choose_strategy("auto", budget=100, num_seeds=50).strategy == AUGMENT_ANSWER  # ratio 2
+    assert choose_strategy("auto", budget=200, num_seeds=50).strategy == AUGMENT_ANSWER  # ratio 4: boundary
+    assert choose_strategy("auto", budget=201, num_seeds=50).strategy == NEW_QUESTION
+    assert choose_strategy("auto", budget=10_000, num_seeds=50).strategy == NEW_QUESTION
+    assert choose_strategy("auto", budget=10, num_seeds=0).strategy == NEW_QUESTION  # no seed set
+    assert choose_strategy("auto", budget=100, num_seeds=50, ratio_threshold=1.0).strategy == NEW_QUESTION
+    c = choose_strategy("auto", budget=100, num_seeds=50)
+    assert c.ratio == 2.0 and "2.00" in c.why
+    assert choose_strategy(REPHRASE, budget=1, num_seeds=1).strategy == REPHRASE  # explicit wins
+    with pytest.raises(ValueError, match="seed set"):
+        choose_strategy(AUGMENT_ANSWER, budget=1, num_seeds=0)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        choose_strategy("distill", budget=1, num_seeds=1)
+
+
+def test_prompts(world):
+    docs, _, seeds, rubrics = world
+    doc, seed = docs[0]["text"], seeds[0]["messages"]
+    assert strategy_messages(NEW_QUESTION, doc, rubrics[0]) == teacher_messages(doc, rubrics[0])
+    reph = strategy_messages(REPHRASE, doc, rubrics[0], seed)[-1]["content"]
+    assert f"Seed question:\n{seed[0]['content']}" in reph and f"Seed answer:\n{seed[1]['content']}" in reph
+    aug = strategy_messages(AUGMENT_ANSWER, "", None, seed)[-1]["content"]
+    assert f"Question:\n{seed[0]['content']}" in aug and "(no document" in aug and "(no rubric" in aug
+    assert seed[1]["content"] not in aug  # a NEW answer: the seed answer is not shown
+    with pytest.raises(ValueError, match="seed sample"):
+        strategy_messages(REPHRASE, doc, None, None)
+
+
+@pytest.mark.parametrize("strategy", [NEW_QUESTION, REPHRASE, AUGMENT_ANSWER])
+def test_each_strategy_end_to_end(world, strategy):
+    docs, by_id, seeds, rubrics = world
+    synth = SampleSynthesizer(TemplateTeacher(list(by_id.values())))
+    items = []
+    for k, s in enumerate(seeds[:24]):
+        seed_messages = s["messages"] if strategy != NEW_QUESTION else None
+        items.append(SynthItem(by_id[s["doc_id"]], rubrics[(k + 5) % len(rubrics)], s["doc_id"], seed=k,
+                               strategy=strategy, seed_messages=seed_messages))
+    outs = synth.synthesize(items)
+    assert all(o.valid for o in outs), [o.reason for o in outs if not o.valid]
+    assert all(o.meta["strategy"] == strategy for o in outs)
+    for o, s in zip(outs, seeds[:24]):
+        q, a = o.messages[0]["content"], o.messages[1]["content"]
+        if strategy == AUGMENT_ANSWER:
+            assert q == s["messages"][0]["content"]  # question kept
+        if strategy == REPHRASE:
+            assert q != s["messages"][0]["content"] and a == s["messages"][1]["content"]
+    if strategy == AUGMENT_ANSWER:  # the rubric changes the answers
+        assert sum(o.messages[1]["content"] != s["messages"][1]["content"] for o, s in zip(outs, seeds)) >= 12
+
+
+def test_seeded_strategy_without_seed_or_document(world):
+    _, by_id, seeds, _ = world
+    synth = SampleSynthesizer(TemplateTeacher())
+    outs = synth.synthesize([
+        SynthItem("doc", None, strategy=REPHRASE),
+        SynthItem("", None, strategy=REPHRASE, seed_messages=seeds[0]["messages"]),  # rephrase needs no document
+        SynthItem("", None, strategy=AUGMENT_ANSWER, seed_messages=seeds[0]["messages"]),
+        SynthItem("doc", None, strategy="distill"),
+    ])
+    assert [o.reason for o in outs] == ["missing_seed_sample", None, "teacher_empty_document", "unknown_strategy"]
+    assert synth.queries_spent == 2
+
+
+def test_engine_budget_counts_every_query(world):
+    docs, _, _, rubrics = world
+
+    class Counting(TemplateTeacher):
+        calls = 0
+
+        def generate(self, requests, **kw):
+            Counting.calls += len(requests)
+            return super().generate(requests)
+
+    t = Counting([d["text"] for d in docs])
+    synth = SampleSynthesizer(t, budget=10)
+    items = [SynthItem(d["text"], rubrics[0], d["id"], seed=i) for i, d in enumerate(docs[:6])]
+    first = synth.synthesize(items)
+    second = synth.synthesize(items)
+    assert all(o.valid for o in first)
+    assert [o.reason for o in second] == [None] * 4 + ["teacher_budget_exhausted"] * 2
+    assert synth.queries_spent == 10 == Counting.calls and synth.budget_left == 0
+    assert synth.synthesize(items[:1])[0].reason == "teacher_budget_exhausted" and Counting.calls == 10
+
+
+def test_failed_queries_count_too(world):
+    class Failing:
+        name = "failing"
+
+        def generate(self, requests):
+            return [TeacherResult(text=None, error="http_503") for _ in requests]
+
+    synth = SampleSynthesizer(Failing(), budget=3)
+    outs = synth.synthesize([SynthItem("some document text here", None) for _ in range(5)])
+    assert [o.reason for o in outs] == ["teacher_http_503"] * 3 + ["teacher_budget_exhausted"] * 2
+    assert synth.queries_spent == 3
+    assert json.dumps(synth.counts)
