@@ -69,6 +69,11 @@ class RubricRLArguments:
         metadata={"help": "CPU threads for torch (0 = torch's default). Tiny CPU runs are fastest with 1, "
                           "and a busy machine makes extra threads spin."},
     )
+    reward_decontam_files: list[str] | None = field(
+        default=None,
+        metadata={"help": "Evaluation files (chat jsonl: validation, test) that no rewarded sample may copy: "
+                          "n-gram decontamination rejects such samples as invalid."},
+    )
     reward_invalid_penalty: float = field(
         default=0.1,
         metadata={"help": "lambda in R = valid * IF - lambda * (1 - valid): reward of an unparseable rubric or a "

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Teacher failures that are not the rubric's fault: unscorable (None), not invalid.
 INFRA_TEACHER_ERRORS = ("teacher_timeout", "teacher_http", "teacher_connection", "teacher_bad_response",
-                        "teacher_budget_exhausted", "teacher_failed")
+                        "teacher_budget_exhausted", "teacher_failed", "teacher_generation_error")
 
 
 def completion_text(completion) -> str:

@@ -190,9 +190,12 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .influence import InfluenceScorer, run_warmup
     from .models import load_causal_lm, load_tokenizer
     from .reward import InfluenceReward
+    from .synth.decontam import load_eval_items
     from .synth.engine import SampleSynthesizer
+    from .synth.verifiers import default_verifiers
     from .teachers.factory import build_teacher
 
+    _ = grpo_args.device  # let TrainingArguments set up the process group (cpu/gloo, nccl, ...) first
     state = PartialState()
     output_dir = Path(grpo_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -217,9 +220,10 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         run_warmup(influence_cfg, output_dir)
 
     teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
+    eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
     rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
     reward = InfluenceReward(
-        SampleSynthesizer(teacher),
+        SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items)),
         lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
         log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
