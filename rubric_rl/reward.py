@@ -167,7 +167,7 @@ class InfluenceReward:
                 log_metric("influence_mean", sum(finite_if) / len(finite_if))
         if log_extra is not None:
             log_extra("outcome", [r or "valid" for r in reasons])
-            log_extra("influence", influences)
+            log_extra("raw_influence", influences)
             log_extra("sample", [json.dumps(s, ensure_ascii=False) if s else "" for s in samples])
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -350,7 +350,7 @@ def main(argv=None):
     """``python -m rubric_rl.teachers.server --model M`` (the same as ``rubric-rl serve-teacher``)."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=serve.__doc__)
+    ap = argparse.ArgumentParser(prog="rubric-rl serve-teacher", description=serve.__doc__)
     ap.add_argument("--model", required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
