@@ -21,10 +21,17 @@ from dataclasses import dataclass, field
 from .data.prompts import DEFAULT_TASK
 
 REWARD_SCALINGS = ("none", "batch_minmax")
+ALGORITHMS = ("grpo", "rloo")
 
 
 @dataclass
 class RubricRLArguments:
+    algorithm: str = field(
+        default="grpo",
+        metadata={"help": "RL algorithm: 'grpo' (TRL GRPOTrainer; pick the loss with loss_type: dapo, grpo, "
+                          "dr_grpo, bnpo, cispo, sapo) or 'rloo' (TRL RLOOTrainer, leave-one-out baseline; the "
+                          "GRPO-only fields are ignored)."},
+    )
     policy_model_name_or_path: str = field(
         default="tiny:hidden=64,layers=2,heads=4,seed=0",
         metadata={"help": "Rubric generator (policy): hub id or local path of an instruct model, or a 'tiny:...' "
@@ -89,6 +96,8 @@ class RubricRLArguments:
     )
 
     def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.reward_if_scaling not in REWARD_SCALINGS:
             raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
         if self.reward_invalid_penalty < 0:

@@ -133,6 +133,18 @@ def _policy_peft_config(args):
                       target_modules=args.policy_lora_target_modules or "all-linear", task_type="CAUSAL_LM")
 
 
+def rl_trainer_class(args, grpo_args):
+    """The TRL trainer class and its config for ``args.algorithm`` (RLOO reuses the shared GRPO fields)."""
+    if args.algorithm == "grpo":
+        return GRPOTrainer, grpo_args
+    from trl import RLOOConfig, RLOOTrainer
+
+    kwargs = {f.name: getattr(grpo_args, f.name) for f in dataclasses.fields(RLOOConfig)
+              if f.init and hasattr(grpo_args, f.name)}
+    kwargs["generation_batch_size"] = None  # derived in GRPOConfig.__post_init__ from steps_per_generation
+    return RLOOTrainer, RLOOConfig(**kwargs)
+
+
 def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path):
     """Fine-tune the policy on (policy prompt, seed rubric) pairs; reuses a finished warm start."""
     from datasets import Dataset
@@ -234,8 +246,9 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
             stale.unlink(missing_ok=True)
     state.wait_for_everyone()
 
-    trainer = GRPOTrainer(
-        model=model, reward_funcs=[reward], args=grpo_args, train_dataset=dataset, processing_class=tokenizer,
+    trainer_cls, rl_args = rl_trainer_class(args, grpo_args)
+    trainer = trainer_cls(
+        model=model, reward_funcs=[reward], args=rl_args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=_policy_peft_config(args),
         callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward)],
     )

@@ -135,3 +135,18 @@ def test_resume_matches_uninterrupted(full_run, quickstart_dir, monkeypatch):
     wa, wb = load_file(full_out / "model.safetensors"), load_file(out / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_rloo_algorithm_runs(full_run, quickstart_dir):
+    import shutil
+
+    from rubric_rl.train import train
+
+    tmp, full_out, _ = full_run
+    out = tmp / "rloo"
+    out.mkdir()
+    shutil.copytree(full_out / "sft_warmstart", out / "sft_warmstart")  # same spec: reused, not retrained
+    summary = train(*make_args(tmp, quickstart_dir, out, "--max_steps", "2", "--algorithm", "rloo"))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and summary["reward"]["steps"] == 2
+    assert "reward" in rows[0] and "valid_rate" in rows[0]
