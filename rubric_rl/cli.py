@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -67,7 +68,7 @@ def cmd_warmup(argv):
 
     run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
                             description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
-                                        "optimizer state in OUTPUT_DIR/warmup.")
+                                        "optimizer state in OUTPUT_DIR/warmup.", shared_config=True)
     path = run_warmup(cfg, run.output_dir)
     print(f"Warm-up checkpoints: {path}")
 
@@ -79,10 +80,11 @@ def cmd_score(argv):
 
     run, sa, cfg = parse_config((RunDirArguments, ScoreArguments, InfluenceConfig), argv, prog="rubric-rl score",
                                 description="Score chat-format samples by their influence on the validation set "
-                                            "(uses OUTPUT_DIR/warmup, running it first if missing).")
+                                            "(uses OUTPUT_DIR/warmup, running it first if missing).",
+                                shared_config=True)
     summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
                          selected_path=sa.selected)
-    print(summary)
+    print(json.dumps(summary, indent=1, default=str))
 
 
 def cmd_synthesize(argv):
@@ -93,10 +95,10 @@ def cmd_synthesize(argv):
     sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
                                               prog="rubric-rl synthesize",
                                               description="Write a synthetic SFT dataset from documents with a "
-                                                          "rubric source and a teacher.")
+                                                          "rubric source and a teacher.", shared_config=True)
     summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
                          output=sa.output, num_samples=sa.num_samples)
-    print(summary)
+    print(json.dumps(summary, indent=1, default=str))
 
 
 def cmd_serve_teacher(argv):

@@ -130,15 +130,48 @@ def make_parser(types, prog: str | None = None, description: str | None = None):
     return parser
 
 
-def parse_config(types, argv: list[str] | None = None, prog: str | None = None, description: str | None = None):
+def known_config_fields() -> set[str]:
+    """Every field any rubric-rl command reads, so that one run YAML can serve all commands."""
+    import dataclasses as dc
+
+    types = list(train_dataclasses()) + [RunDirArguments, ScoreArguments, SynthArguments]
+    try:
+        from .synth.commands import SynthConfig
+
+        types.append(SynthConfig)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from .evaluate import EvalConfig
+
+        types.append(EvalConfig)
+    except ImportError:  # pragma: no cover
+        pass
+    return {f.name for t in types for f in dc.fields(t)}
+
+
+def parse_config(types, argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
+                 shared_config: bool = False):
     """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses.
 
-    Raises ``SystemExit(2)`` with a one-line message (naming the field or file) on bad input.
+    With ``shared_config``, keys of the YAML file that belong to another rubric-rl command are ignored
+    (so ``rubric-rl score --config run.yaml`` works on the training config), while keys no command
+    knows still fail. Raises ``SystemExit(2)`` with a one-line message (naming the field or file) on
+    bad input.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(types, prog=prog, description=description)
     try:
-        return parser.parse_args_and_config(argv)
+        if not shared_config:
+            return parser.parse_args_and_config(argv)
+        *out, from_file, from_cli = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True)
+        if from_cli:
+            parser.error(f"unrecognized arguments: {' '.join(from_cli)}")
+        unknown = [s[2:] for s in from_file[::2] if s.startswith("--") and s[2:] not in known_config_fields()]
+        if unknown:
+            parser.error(f"unknown field(s) in the config file: {', '.join(unknown)}")
+        return tuple(out)
     except FileNotFoundError as err:
         parser.error(f"config file not found: {err.filename}")
     except (ValueError, TypeError) as err:

@@ -227,9 +227,9 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     if args.policy_sft_warmstart:
         model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
 
-    # The target's warm-up runs once (main process first); every process then loads it on its device.
-    with state.main_process_first():
-        run_warmup(influence_cfg, output_dir)
+    # The target's warm-up runs once: rank 0 trains, the other ranks wait for its completion file (no
+    # barrier, so a long warm-up cannot time out the process group). Each process then loads it on its device.
+    run_warmup(influence_cfg, output_dir)
 
     teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None

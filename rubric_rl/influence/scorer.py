@@ -1,0 +1,525 @@
+"""Influence scores of candidate SFT samples on the target's validation objective (LESS, optimizer-aware).
+
+For a sample z, warm-up checkpoints i (weights, Adam moments, average learning rate lr_i) and validation
+examples v (subtasks s):
+
+- ``less`` (default): ``score(z) = sum_i w_i * max_s mean_{v in s} cos(P g_i(v), P Gamma_i(z))``,
+  ``w_i = lr_i / sum_j lr_j``;
+- ``dot``: ``score(z) = sum_i lr_i * max_s mean_{v in s} <P g_i(v), P Gamma_i(z)>``, the first-order predicted
+  decrease of the (subtask's) mean validation loss after one optimizer step on z at each checkpoint;
+
+with ``g_i(v)`` the plain gradient of v's loss, ``Gamma_i(z)`` z's update direction (``influence_direction``)
+and ``P`` the Rademacher projection (identity if ``influence_proj_dim=0``). Larger = more helpful.
+
+Validation features are computed once per checkpoint and cached under ``RUN_DIR/influence_cache/`` as
+safetensors with the JSON arguments that made them (validation file hash, checkpoint hash, projection...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
+from .config import PROJECTION_TILE_ROWS, InfluenceConfig
+from .grads import Direction, PerSampleGradients
+from .projection import RademacherProjector
+from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, read_chat_jsonl, run_warmup
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIRNAME = "influence_cache"
+CACHE_FORMAT = 1
+
+# Reason codes of unscorable samples.
+BAD_FORMAT = "bad_format"
+NO_ASSISTANT_TOKENS = "no_assistant_tokens"
+NONFINITE_GRADIENT = "nonfinite_gradient"
+
+
+@dataclass
+class InfluenceResult:
+    value: float | None
+    reason: str | None = None
+    truncated: bool = False
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    if name is not None and str(name) != "auto":
+        return torch.device(name)
+    try:
+        from accelerate.state import PartialState
+
+        if PartialState._shared_state:
+            return PartialState().device
+    except Exception:  # pragma: no cover
+        pass
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _hash_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+class InfluenceScorer:
+    """Scores chat samples by their optimizer-aware influence on the target's validation loss.
+
+    Build it with :meth:`from_config`; call :meth:`score` on message lists. Holds the target (with the
+    warm-up LoRA adapter) on one device; under ``accelerate launch`` each process builds its own.
+    """
+
+    def __init__(self, cfg: InfluenceConfig, model, tokenizer, checkpoints: list[WarmupCheckpoint], *,
+                 device, progress: bool = False):
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.checkpoints = checkpoints
+        self.device = torch.device(device)
+        self.progress = progress
+        self.dtype = _DTYPES[cfg.influence_dtype]
+        self.cache_hits = 0
+        self.cache_misses = 0
+        # running counts over all score() calls: scored, truncated, and one entry per reason code
+        self.stats: Counter = Counter()
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        # Adapter weights of each checkpoint, as the model's parameters (loaded once through peft's mapping).
+        from peft import set_peft_model_state_dict
+
+        self._weights: list[dict[str, torch.Tensor]] = []
+        self._current: int | None = None  # index of the checkpoint whose weights the model holds
+        for ckpt in checkpoints:
+            res = set_peft_model_state_dict(model, ckpt.adapter_weights)
+            unexpected = getattr(res, "unexpected_keys", None)
+            if unexpected:
+                raise ValueError(f"{ckpt.path}: unexpected adapter keys {unexpected[:3]}")
+            self._weights.append({n: p.detach().clone() for n, p in params.items()})
+        num_params = sum(p.numel() for p in params.values())
+        projector = None
+        if cfg.influence_proj_dim:
+            projector = RademacherProjector(num_params, cfg.influence_proj_dim, cfg.influence_proj_seed,
+                                            cfg.influence_proj_memory_mb, self.device, self.dtype)
+        self.projector = projector
+        # Projecting is a pass over the P x d matrix (memory-bound for few rows; unpacking/regenerating a
+        # block costs as much as projecting ~100+ rows), so un-projected directions are buffered across
+        # batches and checkpoints (up to influence_proj_memory_mb) and projected together. Only if one batch
+        # of un-projected rows does not fit there and the matrix is resident, the projection is applied
+        # layer by layer inside the backward pass instead (least memory).
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        self._buffer_rows = int(cfg.influence_proj_memory_mb * 2**20 // (num_params * elem))
+        self._project_in_engine = (projector is not None and projector.mode == "dense"
+                                   and (cfg.influence_proj_layerwise or self._buffer_rows < cfg.influence_batch_size))
+        self._buffer_rows = max(self._buffer_rows, 1)
+        self.engine = PerSampleGradients(model, pad_token_id=tokenizer.pad_token_id, device=self.device,
+                                         dtype=self.dtype, projector=projector if self._project_in_engine else None)
+        self.dim = projector.dim if projector is not None else self.engine.num_params
+        self._directions = [
+            Direction(cfg.influence_direction, None if cfg.influence_direction == "sgd" else c.adam,
+                      device=self.device, dtype=self.dtype)
+            for c in checkpoints
+        ]
+        lrs = [c.learning_rate for c in checkpoints]
+        if cfg.influence_estimator == "less":
+            total = sum(lrs)
+            self.weights = [lr / total for lr in lrs] if total > 0 else [1 / len(lrs)] * len(lrs)
+        else:
+            self.weights = list(lrs)
+        self._val: list[torch.Tensor] = []  # per checkpoint [n_val, D] (normalised rows for less)
+        self._agg: torch.Tensor | None = None  # [n_val, S] subtask-mean matrix
+        self.subtasks: list[str] = []
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: InfluenceConfig, run_dir: str | Path, *, device=None,
+                    progress: bool = False) -> "InfluenceScorer":
+        """Runs the warm-up into run_dir/warmup if missing, loads checkpoints + Adam state, loads/computes
+        the validation-gradient cache (run_dir/influence_cache)."""
+        from peft import PeftModel
+
+        from ..models import load_causal_lm, load_tokenizer
+
+        if cfg.influence_validation_data is None:
+            raise ValueError("influence_validation_data is not set; it must name the validation chat jsonl")
+        run_dir = Path(run_dir)
+        dev = resolve_device(device if device is not None else cfg.influence_device)
+        wdir = run_warmup(cfg, run_dir, progress=progress)
+        tok_dir = wdir / "tokenizer"
+        tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else cfg.target_model_name_or_path,
+                             trust_remote_code=cfg.target_trust_remote_code, padding_side="right")
+        base = load_causal_lm(cfg.target_model_name_or_path, tok, dtype=cfg.target_dtype,
+                              trust_remote_code=cfg.target_trust_remote_code)
+        first = sorted((p for p in wdir.glob("checkpoint-*") if p.is_dir()),
+                       key=lambda p: int(p.name.rsplit("-", 1)[1]))[0]
+        model = PeftModel.from_pretrained(base, str(first), is_trainable=True)
+        model.to(dev).eval()
+        ckpts = load_checkpoints(wdir, model, cfg.influence_checkpoints)
+        scorer = cls(cfg, model, tok, ckpts, device=dev, progress=progress)
+        scorer.load_validation(cfg.influence_validation_data, cache_dir=run_dir / CACHE_DIRNAME)
+        return scorer
+
+    def _use_checkpoint(self, i: int) -> None:
+        if self._current == i:
+            return
+        self._current = i
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(self._weights[i][n])
+
+    # -- tokenisation -------------------------------------------------------------------------------
+    def _tokenize(self, messages, max_length: int) -> tuple[TokenizedChat | None, str | None]:
+        if isinstance(messages, dict) and "messages" in messages:
+            messages = messages["messages"]
+        try:
+            validate_messages(messages)
+            chat = tokenize_chat(self.tokenizer, messages, max_length)
+        except ChatFormatError:
+            return None, BAD_FORMAT
+        except Exception as exc:  # a chat template may refuse a message order, etc.
+            logger.debug("sample cannot be tokenised: %s", exc)
+            return None, BAD_FORMAT
+        if chat.num_loss_tokens == 0 or all(x == -100 for x in chat.labels[1:]):
+            return chat, NO_ASSISTANT_TOKENS
+        return chat, None
+
+    def _batches(self, chats: list[tuple[int, TokenizedChat]]):
+        """Length-sorted batches (less padding); yields lists of (original index, chat)."""
+        order = sorted(chats, key=lambda ic: -len(ic[1].input_ids))
+        bs = self.cfg.influence_batch_size
+        for i in range(0, len(order), bs):
+            yield order[i:i + bs]
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _cache_arguments(self, val_path: Path, ckpt: WarmupCheckpoint) -> dict:
+        cfg = self.cfg
+        return {
+            "format": CACHE_FORMAT,
+            "kind": "validation_gradients",
+            "validation_sha256": file_sha256(val_path),  # contents, not the path: moving the file keeps the cache
+            "subtask_field": cfg.influence_subtask_field,
+            "checkpoint": ckpt.name,
+            "checkpoint_adapter_sha256": file_sha256(ckpt.path / "adapter_model.safetensors"),
+            "target_model_name_or_path": cfg.target_model_name_or_path,
+            "target_dtype": cfg.target_dtype,
+            "max_length": cfg.influence_max_length,
+            "dtype": cfg.influence_dtype,
+            "proj_dim": cfg.influence_proj_dim,
+            "proj_seed": cfg.influence_proj_seed,
+            "proj_tile_rows": PROJECTION_TILE_ROWS,
+            "num_params": self.engine.num_params,
+        }
+
+    def load_validation(self, path: str | Path, *, cache_dir: str | Path | None = None) -> None:
+        """Validation gradient features per checkpoint: loaded from ``cache_dir`` if made with the same
+        arguments, else computed and saved there."""
+        from safetensors.torch import load_file, save_file
+
+        path = Path(path)
+        field = self.cfg.influence_subtask_field
+        rows = read_chat_jsonl(path, keep_fields=(field,))
+        self._val, self._raw_val = [], []
+        subtasks_ref = None
+        for i, ckpt in enumerate(self.checkpoints):
+            args = self._cache_arguments(path, ckpt)
+            folder = None
+            feats = valid = None
+            if cache_dir is not None:
+                folder = Path(cache_dir) / f"val-{ckpt.name}-{_hash_json(args)[:16]}"
+                args_file, tensor_file = folder / "arguments.json", folder / "val_grads.safetensors"
+                if args_file.exists() and tensor_file.exists():
+                    saved = json.loads(args_file.read_text())
+                    if saved.get("arguments") == args:
+                        t = load_file(str(tensor_file))
+                        feats, valid = t["features"].to(self.device, self.dtype), t["valid"].bool().to(self.device)
+                        subtasks = saved["subtasks"]
+                        self.cache_hits += 1
+            if feats is None:
+                feats, valid, subtasks = self._compute_validation(rows, i, field)
+                self.cache_misses += 1
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    tmp = folder / f"val_grads.safetensors.tmp{os.getpid()}"
+                    save_file({"features": feats.contiguous().cpu(), "valid": valid.to(torch.uint8).cpu()},
+                              str(tmp), metadata={"arguments": json.dumps(args, sort_keys=True)})
+                    tmp.replace(folder / "val_grads.safetensors")
+                    tmp = folder / f"arguments.json.tmp{os.getpid()}"
+                    tmp.write_text(json.dumps({"arguments": args, "validation_data": str(path),
+                                               "subtasks": subtasks}, indent=1))
+                    tmp.replace(folder / "arguments.json")
+            if subtasks_ref is None:
+                subtasks_ref = subtasks
+            self._raw_val.append((feats, valid))
+        # Aggregation over validation examples valid at every checkpoint.
+        valid_all = torch.stack([v for _, v in self._raw_val]).all(0)
+        n_bad = int((~valid_all).sum())
+        if n_bad:
+            logger.warning("%s: %d validation example(s) have no assistant tokens or a non-finite gradient; ignored",
+                           path, n_bad)
+        if not bool(valid_all.any()):
+            raise ValueError(f"{path}: no validation example could be used (no assistant tokens / non-finite gradients)")
+        keep = valid_all.nonzero().squeeze(1)
+        kept_subtasks = [subtasks_ref[j] for j in keep.tolist()]
+        names = sorted(set(kept_subtasks))
+        agg = torch.zeros(len(keep), len(names), dtype=self.dtype, device=self.device)
+        for j, s in enumerate(kept_subtasks):
+            agg[j, names.index(s)] = 1.0
+        self._agg = agg / agg.sum(0, keepdim=True)
+        self.subtasks = names
+        for feats, _ in self._raw_val:
+            f = feats[keep]
+            if self.cfg.influence_estimator == "less":
+                f = f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+            self._val.append(f)
+        del self._raw_val
+
+    def _compute_validation(self, rows: list[dict], i: int, field: str):
+        n = len(rows)
+        feats = torch.zeros(n, self.dim, dtype=self.dtype, device=self.device)
+        valid = torch.zeros(n, dtype=torch.bool, device=self.device)
+        subtasks = [str(r.get(field, "")) if r.get(field) is not None else "" for r in rows]
+        chats = []
+        for j, r in enumerate(rows):
+            chat, reason = self._tokenize(r["messages"], self.cfg.influence_max_length)
+            if reason is None:
+                chats.append((j, chat))
+        self._use_checkpoint(i)
+        sgd = Direction("sgd")
+        bar = _tqdm(len(chats), f"validation gradients ({self.checkpoints[i].name})", self.progress)
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def flush():
+            for idx, f in zip((p[0] for p in pending), self._project([p[1] for p in pending])):
+                feats[idx] = f
+            pending.clear()
+
+        with self._grad_context():
+            for batch in self._batches(chats):
+                out = self.engine.features([c for _, c in batch], sgd)
+                idx = torch.tensor([j for j, _ in batch], device=self.device)
+                valid[idx] = out.finite
+                pending.append((idx, out.features))
+                if sum(len(p[0]) for p in pending) >= self._buffer_rows:
+                    flush()
+                bar.update(len(batch))
+            flush()
+        bar.close()
+        return feats, valid, subtasks
+
+    def _project(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Project engine outputs that are not projected yet (one pass over the projection for all rows)."""
+        if self._project_in_engine or self.projector is None or not parts:
+            return parts
+        rows = torch.cat(parts) if len(parts) > 1 else parts[0]
+        projected = self.projector.project(rows)
+        return list(projected.split([len(p) for p in parts]))
+
+    def _grad_context(self):
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.autocast(self.device.type, enabled=False))
+        return stack
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def _similarity(self, i: int, feats: torch.Tensor) -> torch.Tensor:
+        """[N] aggregated similarity of the batch's features to checkpoint i's validation features."""
+        val = self._val[i]
+        if self.cfg.influence_estimator == "less":
+            feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        sims = feats @ val.T  # [N, n_val]
+        return (sims @ self._agg).max(dim=1).values  # mean within subtask, max across subtasks
+
+    def score(self, samples: Sequence[list[dict]]) -> list[InfluenceResult]:
+        """One :class:`InfluenceResult` per sample (a message list), same order. Unscorable samples get
+        ``value=None`` and a reason (``bad_format``, ``no_assistant_tokens``, ``nonfinite_gradient``)."""
+        results: list[InfluenceResult | None] = [None] * len(samples)
+        chats = []
+        for k, messages in enumerate(samples):
+            chat, reason = self._tokenize(messages, self.cfg.influence_max_length)
+            truncated = bool(chat.truncated) if chat is not None else False
+            if reason is not None:
+                results[k] = InfluenceResult(None, reason, truncated)
+            else:
+                chats.append((k, chat))
+        if not chats:
+            return self._count(results)
+        bar = _tqdm(len(chats), "influence", self.progress)
+        batches = list(self._batches(chats))
+        scores = [torch.zeros(len(b), dtype=self.dtype, device=self.device) for b in batches]
+        finite = [torch.ones(len(b), dtype=torch.bool, device=self.device) for b in batches]
+        pending: list[tuple[int, int, torch.Tensor]] = []  # (batch, checkpoint, features) awaiting projection
+
+        def flush():
+            for (b, i, _), feats in zip(pending, self._project([p[2] for p in pending])):
+                scores[b] += self.weights[i] * self._similarity(i, feats)
+            pending.clear()
+
+        with self._grad_context():
+            for b, batch in enumerate(batches):
+                for i in range(len(self.checkpoints)):
+                    self._use_checkpoint(i)
+                    out = self.engine.features([c for _, c in batch], self._directions[i])
+                    finite[b] &= out.finite
+                    pending.append((b, i, out.features))
+                    if sum(len(p[2]) for p in pending) >= self._buffer_rows:
+                        flush()
+                bar.update(len(batch))
+            flush()
+        bar.close()
+        for batch, sc, ok in zip(batches, scores, finite):
+            ok = ok & torch.isfinite(sc)
+            for (k, chat), value, good in zip(batch, sc.tolist(), ok.tolist()):
+                results[k] = (InfluenceResult(float(value), None, chat.truncated) if good
+                              else InfluenceResult(None, NONFINITE_GRADIENT, chat.truncated))
+        return self._count(results)
+
+    def _count(self, results):
+        for r in results:
+            self.stats["scored" if r.reason is None else r.reason] += 1
+            self.stats["truncated"] += bool(r.truncated)
+        return results
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _tqdm(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Path, output_path: str | Path,
+               select_top: int | None = None, selected_path: str | Path | None = None, *,
+               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None) -> dict:
+    """Score every line of a chat jsonl file (``rubric-rl score``).
+
+    Args:
+        cfg: influence config (target, warm-up, validation set, estimator...).
+        run_dir: run directory; its ``warmup/`` is made if missing, validation gradients cached in
+            ``influence_cache/``.
+        samples_path: chat jsonl, one ``{"messages": [...], ...}`` object (or a bare message list) per line.
+        output_path: written with one line per input line, in order: the input object plus ``influence``
+            (a float, or null with ``reason``; malformed lines become ``{"influence": null, "reason":
+            "bad_format", "error": "FILE:LINE: ..."}``), and ``truncated: true`` where the sample was cut.
+        select_top: if set, the K highest-scoring samples are also written, best first, to ``selected_path``.
+        selected_path: where the top-K go (default: ``output_path`` with ``.top{K}`` before the suffix).
+        chunk_size: lines scored per call of the scorer (memory bound, progress granularity).
+        progress: show a tqdm bar with samples/s.
+        scorer: an already built scorer (else built from ``cfg``).
+
+    Returns a summary dict: counts (``total``, ``scored``, ``unscored`` per reason, ``truncated``),
+    ``samples_per_s``, output paths, score statistics.
+    """
+    samples_path, output_path = Path(samples_path), Path(output_path)
+    if select_top is not None and select_top <= 0:
+        raise ValueError(f"select_top must be > 0, got {select_top}")
+    if select_top is not None and selected_path is None:
+        selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
+    if scorer is None:
+        scorer = InfluenceScorer.from_config(cfg, run_dir, progress=progress)
+    scorer_progress, scorer.progress = scorer.progress, False  # one bar: this one
+    with samples_path.open(encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    reasons: Counter = Counter()
+    truncated = scored = 0
+    values: list[float] = []
+    top: list[tuple[float, int, str]] = []
+    start = time.perf_counter()
+    bar = _tqdm(len(lines), "scoring", progress)
+    with output_path.open("w", encoding="utf-8") as out:
+        for c0 in range(0, len(lines), chunk_size):
+            chunk = lines[c0:c0 + chunk_size]
+            objs: list[dict | None] = []
+            errors: list[str | None] = []
+            for j, line in enumerate(chunk):
+                lineno = c0 + j + 1
+                try:
+                    obj = json.loads(line)
+                    messages = obj["messages"] if isinstance(obj, dict) else obj
+                    validate_messages(messages)
+                    objs.append(obj)
+                    errors.append(None)
+                except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
+                    objs.append(None)
+                    msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
+                    errors.append(f"{samples_path}:{lineno}: {msg}")
+            idx = [j for j, o in enumerate(objs) if o is not None]
+            res = scorer.score([objs[j]["messages"] if isinstance(objs[j], dict) else objs[j] for j in idx])
+            by_j = dict(zip(idx, res))
+            for j, obj in enumerate(objs):
+                if obj is None:
+                    row = {"influence": None, "reason": BAD_FORMAT, "error": errors[j]}
+                    reasons[BAD_FORMAT] += 1
+                    logger.warning("%s", errors[j])
+                else:
+                    r = by_j[j]
+                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+                    row["influence"] = r.value
+                    if r.reason is not None:
+                        row["reason"] = r.reason
+                        reasons[r.reason] += 1
+                    if r.truncated:
+                        row["truncated"] = True
+                        truncated += 1
+                    if r.value is not None:
+                        scored += 1
+                        values.append(r.value)
+                        if select_top is not None:
+                            item = (r.value, -(c0 + j), json.dumps(row, ensure_ascii=False))
+                            if len(top) < select_top:
+                                heapq.heappush(top, item)
+                            else:
+                                heapq.heappushpop(top, item)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            bar.update(len(chunk))
+    bar.close()
+    scorer.progress = scorer_progress
+    elapsed = time.perf_counter() - start
+    summary = {
+        "input": str(samples_path),
+        "output": str(output_path),
+        "total": len(lines),
+        "scored": scored,
+        "unscored": dict(reasons),
+        "truncated": truncated,
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(len(lines) / elapsed, 3) if elapsed > 0 else None,
+        "estimator": cfg.influence_estimator,
+        "direction": cfg.influence_direction,
+    }
+    if values:
+        t = torch.tensor(values, dtype=torch.float64)
+        summary["influence_mean"] = float(t.mean())
+        summary["influence_std"] = float(t.std()) if len(values) > 1 else 0.0
+        summary["influence_min"], summary["influence_max"] = float(t.min()), float(t.max())
+    if select_top is not None:
+        best = sorted(top, reverse=True)
+        Path(selected_path).parent.mkdir(parents=True, exist_ok=True)
+        with Path(selected_path).open("w", encoding="utf-8") as fh:
+            for _, _, row in best:
+                fh.write(row + "\n")
+        summary["selected"] = str(selected_path)
+        summary["selected_count"] = len(best)
+    if any(math.isnan(v) for v in values):  # pragma: no cover - results are finite by construction
+        raise RuntimeError("NaN influence written")
+    return summary
