@@ -19,6 +19,7 @@ commands:
   score          score an SFT dataset by influence on the validation set         (rubric-rl score --help)
   synthesize     write a synthetic dataset with a rubric source and a teacher    (rubric-rl synthesize --help)
   serve-teacher  serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
+  evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
 
 Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
 """
@@ -107,6 +108,12 @@ def cmd_serve_teacher(argv):
     serve_main(argv)
 
 
+def cmd_evaluate(argv):
+    from .evaluate import cmd_evaluate as run
+
+    run(argv)
+
+
 COMMANDS = {
     "train": cmd_train,
     "export": cmd_export,
@@ -114,6 +121,7 @@ COMMANDS = {
     "score": cmd_score,
     "synthesize": cmd_synthesize,
     "serve-teacher": cmd_serve_teacher,
+    "evaluate": cmd_evaluate,
 }
 
 
