@@ -551,8 +551,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     """
     from tqdm.auto import tqdm
 
-    from .data.chat import validate_messages
-    from .data.documents import load_documents, read_jsonl
+    from .data.documents import load_chat_samples, load_documents
     from .models import load_tokenizer
     from .synth.engine import SampleSynthesizer
     from .synth.verifiers import default_verifiers
@@ -577,14 +576,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     if not resolved:
         raise ValueError("sources: nothing to evaluate")
     docs = [d for d in load_documents(cfg.eval_documents, text_field=cfg.eval_document_text_field) if d["text"].strip()]
-    test_items = read_jsonl(cfg.eval_test_data)
-    for i, it in enumerate(test_items):
-        try:
-            validate_messages(it.get("messages"))
-        except ValueError as err:
-            raise ValueError(f"eval_test_data {cfg.eval_test_data}: item {i + 1}: {err}") from None
-    if not test_items:
-        raise ValueError(f"eval_test_data {cfg.eval_test_data!r} holds no items")
+    test_items = load_chat_samples(cfg.eval_test_data)  # errors name the file and the sample
     target = cfg.eval_target_model_name_or_path or influence_cfg.target_model_name_or_path
     trust = bool(getattr(influence_cfg, "target_trust_remote_code", False))
     tokenizer = load_tokenizer(target, trust_remote_code=trust, padding_side="right")
