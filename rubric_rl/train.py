@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -47,16 +46,12 @@ class MetricsJsonlCallback(TrainerCallback):
         self.reward = reward
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= state.global_step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        # metrics.jsonl holds logs of finished steps (step = global_step after it); each process's rollout
+        # log holds reward calls made during a step (step = global_step before it).
+        if state.is_world_process_zero:
+            _keep_lines(self.path, lambda step: step <= state.global_step)
+        if self.reward is not None and self.reward.log_path is not None:
+            _keep_lines(self.reward.log_path, lambda step: step < state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "reward" not in logs:
@@ -68,6 +63,20 @@ class MetricsJsonlCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+def _keep_lines(path: Path, keep) -> None:
+    """Rewrite a jsonl log keeping the lines whose ``step`` passes ``keep`` (used on resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if keep(json.loads(line).get("step") or 0):
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
 
 class InfluenceHistogramCallback(TrainerCallback):
@@ -241,9 +250,10 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
     )
     resume = _resume_arg(grpo_args.resume_from_checkpoint)
-    if resume is None and state.is_main_process:
-        for stale in (output_dir / "metrics.jsonl", output_dir / "rollouts.jsonl"):
-            stale.unlink(missing_ok=True)
+    if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
+        if state.is_main_process:
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        reward.log_path.unlink(missing_ok=True)
     state.wait_for_everyone()
 
     trainer_cls, rl_args = rl_trainer_class(args, grpo_args)
@@ -253,8 +263,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward)],
     )
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
+    trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "outcomes": dict(reward.stats.outcomes)}
@@ -282,6 +291,3 @@ def format_summary(summary: dict) -> str:
     lines.append(f"Run folder: {summary['output_dir']} (metrics.jsonl, rollouts.jsonl, checkpoints)")
     return "\n".join(lines)
 
-
-def _quiet_env():
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -44,7 +44,7 @@ def read_metrics(out):
 
 
 class StopAt(TrainerCallback):
-    """Stops training after ``step`` (as a crash would, but after the checkpoint of that step)."""
+    """Stops training after ``step``, as a crash would (no checkpoint is written for it unless save_steps says so)."""
 
     def __init__(self, step):
         self.step = step
@@ -116,12 +116,13 @@ def test_resume_matches_uninterrupted(full_run, quickstart_dir, monkeypatch):
 
     def stopping(*a, **kw):
         trainer = real(*a, **kw)
-        trainer.add_callback(StopAt(2))
+        trainer.add_callback(StopAt(3))  # "crash" after step 3: its logs exist, its checkpoint does not
         return trainer
 
     monkeypatch.setattr(train_mod, "GRPOTrainer", stopping)
     train_mod.train(*make_args(tmp, quickstart_dir, out, "--max_steps", "4"))
-    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    assert not (out / "checkpoint-3").exists()  # resuming goes back to checkpoint-2 and redoes step 3
     monkeypatch.setattr(train_mod, "GRPOTrainer", real)
     train_mod.train(*make_args(tmp, quickstart_dir, out, "--max_steps", "4", "--resume_from_checkpoint", "true"))
 
@@ -130,6 +131,10 @@ def test_resume_matches_uninterrupted(full_run, quickstart_dir, monkeypatch):
     for ra, rb in zip(a, b):
         for key in ("reward", "loss", "valid_rate", "influence_mean", "grad_norm"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), (ra["step"], key)
+    # every rollout logged once, and the same rollouts as the uninterrupted run
+    ra = [json.loads(x) for x in (full_out / "rollouts.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["rubric"], r["outcome"]) for r in ra] == [(r["step"], r["rubric"], r["outcome"]) for r in rb]
     from safetensors.torch import load_file
 
     wa, wb = load_file(full_out / "model.safetensors"), load_file(out / "model.safetensors")
