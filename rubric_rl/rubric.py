@@ -122,7 +122,7 @@ def _rubric_from_mapping(data) -> Rubric:
     return rubric
 
 
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+THINK_BLOCK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json|yaml|markdown|md)?\s*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s*|\*\*)?\s*([A-Za-z][A-Za-z /&_-]{2,60}?)\s*(?:\*\*)?\s*:?\s*(?:\*\*)?\s*$")
 
@@ -173,7 +173,7 @@ def parse_rubric(completion: str) -> Rubric:
     """Parse a policy completion into a :class:`Rubric`, or raise :class:`RubricParseError`."""
     if not isinstance(completion, str):
         raise RubricParseError("not_text", f"completion is {type(completion).__name__}")
-    text = _THINK.sub("", completion).strip()
+    text = THINK_BLOCK.sub("", completion).strip()
     if not text:
         raise RubricParseError("empty_completion")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+from ..rubric import THINK_BLOCK
+
 _QA = re.compile(
     r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:question|prompt|q)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<q>.*?)"
     r"\n\s*(?:#+\s*|\*\*)?(?:answer|response|a)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<a>.*)$",
@@ -36,14 +37,20 @@ def _from_json(text: str):
     return None
 
 
+def _clean(text: str | None) -> tuple[str, str | None]:
+    """Teacher output without thinking blocks and code fences, or a reason it is empty."""
+    if text is None:
+        return "", "no_text"
+    text = THINK_BLOCK.sub("", text).strip()
+    text = re.sub(r"^```\w*\n|```$", "", text).strip()
+    return text, (None if text else "empty_output")
+
+
 def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
     """``(messages, None)`` or ``(None, reason)``."""
-    if text is None:
-        return None, "no_text"
-    text = _THINK.sub("", text).strip()
-    text = re.sub(r"^```\w*\n|```$", "", text).strip()
-    if not text:
-        return None, "empty_output"
+    text, reason = _clean(text)
+    if reason:
+        return None, reason
     qa = _from_json(text) if text.lstrip().startswith(("{", "[")) else None
     if qa is None:
         m = _QA.search(text)
@@ -68,12 +75,9 @@ def parse_answer(text: str | None) -> tuple[str | None, str | None]:
     Accepts ``Answer:`` followed by the answer, a full ``Question:``/``Answer:`` pair (the answer part is
     kept), a JSON object with an ``answer`` key, or bare text.
     """
-    if text is None:
-        return None, "no_text"
-    text = _THINK.sub("", text).strip()
-    text = re.sub(r"^```\w*\n|```$", "", text).strip()
-    if not text:
-        return None, "empty_output"
+    text, reason = _clean(text)
+    if reason:
+        return None, reason
     if text.startswith("{"):
         qa = _from_json(text)
         if qa is not None:

@@ -132,6 +132,7 @@ class TemplateTeacher:
         reasoning, concise, final, cite = _answer_style(r)
         support = _support(sentence, cite)
         question = TEACHER_QUESTIONS[rel].format(s=subj)
+        letter, verdict = None, None
 
         if style == "mc":
             others = sorted(self.pool.get(rel, set()) - {obj}) or sorted({f[2] for f in facts if f[2] != obj})
@@ -143,30 +144,14 @@ class TemplateTeacher:
             question += "\nOptions:\n" + "\n".join(f"({L}) {o}" for L, o in zip(LETTERS, options))
             if reasoning:
                 question += "\nThink step by step, then give the letter of the correct option."
-                answer = f"Let's think step by step. {support} This matches option ({letter})."
-                answer += f" The answer is ({letter})." if final else ""
-            elif concise:
-                answer = f"({letter})"
-            else:
-                answer = f"The answer is ({letter})." if final else f"({letter}) {obj}"
         elif style == "tf":
-            true = rng.random() < 0.5
-            shown = obj if true else rng.choice(sorted(self.pool.get(rel, set()) - {obj}) or [obj + " only"])
+            verdict = rng.random() < 0.5
+            shown = obj if verdict else rng.choice(sorted(self.pool.get(rel, set()) - {obj}) or [obj + " only"])
             question = "True or false: " + FACT_SENTENCES[rel].format(s=subj, o=shown)
-            verdict = "True" if true else "False"
-            answer = f"{support} So the statement is {verdict.lower()}. {verdict}." if reasoning else verdict
         elif style == "cloze":
             question = "Fill in the blank: " + FACT_SENTENCES[rel].format(s=subj, o="____")
-            answer = f"{support} The blank is {obj}." if reasoning else obj
-        else:
-            if reasoning:
-                answer = f"Let's think step by step. {support} So the answer is {obj}."
-            elif concise:
-                answer = obj
-            else:
-                answer = support
-            if final and not reasoning:
-                answer += f" Final answer: {obj}."
+        answer = _answer_body(support, obj, letter=letter, verdict=verdict, cloze=style == "cloze",
+                              reasoning=reasoning, concise=concise, final=final)
         return f"Question:\n{question}\nAnswer:\n{answer}"
 
     def _generic(self, document: str, r: str, rng: random.Random) -> str | None:
@@ -222,29 +207,31 @@ class TemplateTeacher:
         support = _support(sentence, cite)
         options = dict(re.findall(r"^\(([A-D])\)\s*(.+?)\s*$", question, re.MULTILINE))
         letter = next((L for L, o in options.items() if o == obj), None)
-        if verdict is not None:  # true / false
-            word = "True" if verdict else "False"
-            body = f"{support} So the statement is {word.lower()}. {word}." if reasoning else word
-        elif letter is not None:  # multiple choice
-            if reasoning:
-                body = f"Let's think step by step. {support} This matches option ({letter})."
-                body += f" The answer is ({letter})." if final else ""
-            elif concise:
-                body = f"({letter})"
-            else:
-                body = f"The answer is ({letter})." if final else f"({letter}) {obj}"
-        elif "____" in question:
-            body = f"{support} The blank is {obj}." if reasoning else obj
-        else:
-            if reasoning:
-                body = f"Let's think step by step. {support} So the answer is {obj}."
-            elif concise:
-                body = obj
-            else:
-                body = support
-            if final and not reasoning:
-                body += f" Final answer: {obj}."
+        body = _answer_body(support, obj, letter=letter, verdict=verdict, cloze="____" in question,
+                            reasoning=reasoning, concise=concise, final=final)
         return f"Answer:\n{body}"
+
+
+def _answer_body(support: str, obj: str, *, letter: str | None, verdict: bool | None, cloze: bool,
+                 reasoning: bool, concise: bool, final: bool) -> str:
+    """The answer in the style the rubric asks for: true/false (``verdict``), multiple choice (``letter``),
+    cloze, or open. Shared by the ``new_question`` and ``augment_answer`` strategies."""
+    if verdict is not None:
+        word = "True" if verdict else "False"
+        return f"{support} So the statement is {word.lower()}. {word}." if reasoning else word
+    if letter is not None:
+        if reasoning:
+            body = f"Let's think step by step. {support} This matches option ({letter})."
+            return body + (f" The answer is ({letter})." if final else "")
+        if concise:
+            return f"({letter})"
+        return f"The answer is ({letter})." if final else f"({letter}) {obj}"
+    if cloze:
+        return f"{support} The blank is {obj}." if reasoning else obj
+    if reasoning:
+        return f"Let's think step by step. {support} So the answer is {obj}."
+    body = obj if concise else support
+    return body + (f" Final answer: {obj}." if final else "")
 
 
 # How the template teacher rephrases a question it recognises (neither the template nor the evaluation phrasing).
