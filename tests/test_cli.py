@@ -30,6 +30,17 @@ def test_train_help_explains_every_field(capsys):
         assert " ".join(f.metadata["help"].split())[:40] in out, f.name
 
 
+@pytest.mark.parametrize("command", ["export", "serve-teacher"])
+def test_argparse_subcommands_explain_every_option(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    options = [line.split()[0] for line in out.splitlines() if line.startswith("  --")]
+    assert options
+    for line in out.split("options:")[1].split("\n  -")[1:]:
+        assert len(line.split()) > 2, f"option without help: {line.strip()}"
+
+
 def test_top_level_usage_lists_commands(capsys):
     main([])
     out = capsys.readouterr().out
