@@ -4,8 +4,16 @@
 * engine: ``InfluenceScorer.score`` (batched per-sample gradients from hooks, Adam direction, chunked
   projection), the code the RL reward runs;
 * reference: what the LESS code does: batch size 1, one forward/backward per sample with the model's own
-  loss, gradients vectorised from ``p.grad``, Adam direction, dense projection matrix (built once, not
-  timed) applied every 16 samples (LESS's ``project_interval``); validation gradients the same way;
+  loss, gradients vectorised from ``p.grad``, Adam direction, dense projection applied every 16 samples
+  (LESS's ``project_interval``); validation gradients the same way. Two projections (``--reference``):
+  ``regen`` is how LESS projects without a CUDA ``fast_jl`` kernel: TRAK's ``BasicProjector`` regenerates
+  the whole P x d matrix, block by block, at every call; here the blocks come from the engine's own
+  generator (same matrix, so the scores compare), and the script also times TRAK's own generation
+  (``bernoulli_`` blocks of 128 columns) to show that this stand-in is not the slower of the two.
+  ``trak`` is that TRAK projector itself (its own matrix: scores agree with the engine's only up to the
+  projection error, so its Spearman is reported, not required to match).
+  ``materialized`` is a stronger reference than LESS: the float matrix built once, before timing (only
+  where it fits in memory);
 * floor: one plain batched forward+backward (HF loss, LoRA gradients) over the same length-sorted batches.
 
 Checks that engine and reference give the same scores, prints samples/s of each, their ratio, peak RSS of
@@ -61,14 +69,15 @@ def load_samples(paths: list[str], n: int, seed: int) -> list[list[dict]]:
     return rows[:n]
 
 
-def less_reference(scorer, samples, val_samples, project_interval: int = 16):
-    """LESS-style scores: bs=1 loop, model's own loss, vectorised p.grad, Adam formula, dense projection."""
+def less_reference(scorer, samples, val_samples, project_fn, project_interval: int = 16):
+    """LESS-style scores: bs=1 loop, model's own loss, vectorised p.grad, Adam formula, dense projection.
+
+    ``project_fn(x)`` = ``x @ R`` for a [rows, P] buffer (None: no projection)."""
     from rubric_rl.data.chat import tokenize_chat
 
     cfg, model, tok = scorer.cfg, scorer.model, scorer.tokenizer
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     dtype = scorer.dtype
-    proj = scorer.projector.matrix() if scorer.projector is not None else None  # dense, built before timing
 
     def grads(messages):
         chat = tokenize_chat(tok, messages, cfg.influence_max_length)
@@ -80,7 +89,7 @@ def less_reference(scorer, samples, val_samples, project_interval: int = 16):
 
     def project(buf, out):
         x = torch.stack(buf)
-        out.append(x @ proj if proj is not None else x)
+        out.append(project_fn(x) if project_fn is not None else x)
         buf.clear()
 
     timings = {}
@@ -130,6 +139,44 @@ def less_reference(scorer, samples, val_samples, project_interval: int = 16):
     return total, sum(timings.values())
 
 
+class TrakBasicProjector:
+    """TRAK's ``BasicProjector`` (Rademacher, no fast_jl), as LESS builds it: block_size 128, block i drawn
+    from ``seed + 1000 i``, every block regenerated at every ``project`` call. Scaled by 1/sqrt(d)."""
+
+    def __init__(self, num_params: int, dim: int, seed: int = 0, block: int = 128, dtype=torch.float32):
+        self.dim, self.block, self.seed = dim, min(block, dim), seed
+        self.mat = torch.empty(num_params, self.block, dtype=dtype)
+        self.gen = torch.Generator()
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        sketch = torch.zeros(x.shape[0], self.dim, dtype=x.dtype)
+        for i, st in enumerate(range(0, self.dim, self.block)):
+            ed = min(self.dim, st + self.block)
+            self.gen.manual_seed(self.seed + 1000 * i)
+            self.mat.bernoulli_(p=0.5, generator=self.gen)
+            self.mat *= 2.0
+            self.mat -= 1.0
+            sketch[:, st:ed] = x @ self.mat[:, : ed - st]
+        return sketch / self.dim**0.5
+
+
+def trak_call_time(num_params: int, dim: int, rows: int = 16, block: int = 128, dtype=torch.float32) -> float:
+    """Seconds of one TRAK ``BasicProjector.project`` call on ``rows`` gradients (as LESS configures it on a
+    machine without fast_jl: block_size 128): per block, ``bernoulli_`` + affine to +-1, then a matmul."""
+    gen = torch.Generator().manual_seed(0)
+    mat = torch.empty(num_params, block, dtype=dtype)
+    x = torch.randn(rows, num_params, dtype=dtype)
+    sketch = torch.zeros(rows, dim, dtype=dtype)
+    t0 = time.perf_counter()
+    for st in range(0, dim, block):
+        ed = min(dim, st + block)
+        mat.bernoulli_(p=0.5, generator=gen)
+        mat *= 2.0
+        mat -= 1.0
+        sketch[:, st:ed] = x @ mat[:, : ed - st]
+    return time.perf_counter() - t0
+
+
 def floor_time(scorer, samples) -> float:
     """One plain batched forward+backward (HF loss, LoRA grads) per checkpoint over the engine's batches."""
     from rubric_rl.data.chat import tokenize_chat
@@ -172,8 +219,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--repeat", type=int, default=1, help="time each phase this many times, keep the fastest")
     ap.add_argument("--layerwise", action="store_true", help="influence_proj_layerwise=True")
-    ap.add_argument("--skip-reference", action="store_true",
-                    help="time engine and floor only (the reference's dense P x d matrix may not fit in memory)")
+    ap.add_argument("--skip-reference", action="store_true", help="time engine and floor only")
+    ap.add_argument("--reference", nargs="+", default=["regen", "materialized"], choices=["regen", "materialized", "trak"],
+                    help="reference projections to time (see the module docstring); 'materialized' is skipped "
+                         "when its float matrix exceeds --reference-max-matrix-gb")
+    ap.add_argument("--reference-max-matrix-gb", type=float, default=8.0)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -217,9 +267,34 @@ def main(argv=None) -> dict:
     scorer.score(samples[: min(4, len(samples))])  # warm-up of kernels / allocator
     floor_time(scorer, samples[: min(4, len(samples))])
 
-    engine_s = fl = ref_s = float("inf")
-    engine_peak = floor_peak = ref_peak = 0.0
-    # Peak RSS is taken from the first round only (engine, then floor, then reference): later rounds start
+    from rubric_rl.influence.projection import RademacherProjector
+
+    refs: dict[str, object] = {}  # name -> projection function
+    if not a.skip_reference:
+        pj = scorer.projector
+        for name in a.reference:
+            if pj is None:
+                refs["none"] = None
+                break
+            if name == "trak":
+                refs[name] = TrakBasicProjector(pj.num_params, pj.dim, dtype=pj.dtype).project
+            elif name == "regen":  # same matrix, nothing resident: every call regenerates all P x d signs
+                regen = RademacherProjector(pj.num_params, pj.dim, seed=pj.seed, memory_mb=a.proj_memory_mb,
+                                            device=pj.device, dtype=pj.dtype, mode="regen")
+                refs[name] = regen.project
+            elif pj.num_params * pj.dim * 4 / 2**30 <= a.reference_max_matrix_gb:
+                mat = pj.matrix()  # built before timing, as a favour to the reference
+                refs[name] = lambda x, mat=mat: x @ mat
+            else:
+                print(f"reference 'materialized' skipped: the {pj.num_params} x {pj.dim} float matrix needs "
+                      f"{pj.num_params * pj.dim * 4 / 2**30:.1f} GB > --reference-max-matrix-gb", flush=True)
+
+    engine_s = fl = float("inf")
+    ref_s = {k: float("inf") for k in refs}
+    ref_scores: dict[str, torch.Tensor] = {}
+    engine_peak = floor_peak = 0.0
+    ref_peak = {k: 0.0 for k in refs}
+    # Peak RSS is taken from the first round only (engine, then floor, then references): later rounds start
     # with memory the allocator kept from the reference's dense matrix.
     for r in range(a.repeat):
         reset_peak_rss()
@@ -233,41 +308,60 @@ def main(argv=None) -> dict:
         fl = min(fl, floor_time(scorer, samples))
         floor_peak = floor_peak if r else peak_rss_mb()
 
-        if a.skip_reference:
-            ref, ref_s = engine, float("nan")
-            continue
-        reset_peak_rss()
-        ref, rs = less_reference(scorer, samples, val_samples)
-        ref_s = min(ref_s, rs)
-        ref_peak = ref_peak if r else peak_rss_mb()
+        for name, fn in refs.items():
+            reset_peak_rss()
+            ref_scores[name], rs = less_reference(scorer, samples, val_samples, fn)
+            ref_s[name] = min(ref_s[name], rs)
+            ref_peak[name] = ref_peak[name] if r else peak_rss_mb()
 
-    diff = float((engine - ref).abs().max())
-    scale = float(ref.abs().max())
-    from_rank = torch.argsort(torch.argsort(engine)).double()
-    to_rank = torch.argsort(torch.argsort(ref)).double()
-    rho = float(torch.corrcoef(torch.stack([from_rank, to_rank]))[0, 1])
+    trak_s = our_regen_s = None
+    if "regen" in refs:  # one projection call of 16 rows: TRAK's own generation vs the stand-in used here
+        pj = scorer.projector
+        trak_s = trak_call_time(pj.num_params, pj.dim)
+        x16 = torch.randn(16, pj.num_params)
+        t = time.perf_counter()
+        refs["regen"](x16)
+        our_regen_s = time.perf_counter() - t
+
     out = {
         "model": a.model, "base_params_M": round(n_base / 1e6, 2), "lora_params": n_lora, "n": a.n,
         "mean_tokens": round(sum(lengths) / len(lengths), 1), "proj_dim": a.proj_dim,
         "proj_mode": scorer.projector.mode if scorer.projector else "none", "batch_size": a.batch_size,
         "checkpoints": len(scorer.checkpoints), "threads": torch.get_num_threads(), "repeat": a.repeat,
         "layerwise": scorer._project_in_engine, "load_avg_1min": os.getloadavg()[0],
-        "engine_samples_per_s": round(a.n / engine_s, 3), "reference_samples_per_s": round(a.n / ref_s, 3),
-        "speedup_vs_reference": round(ref_s / engine_s, 2), "engine_over_floor": round(engine_s / fl, 2),
-        "engine_s": round(engine_s, 2), "reference_s": round(ref_s, 2), "floor_s": round(fl, 2),
-        "engine_peak_rss_mb": round(engine_peak), "reference_peak_rss_mb": round(ref_peak),
-        "floor_peak_rss_mb": round(floor_peak),
-        "max_abs_diff": diff, "score_scale": scale, "spearman_engine_vs_reference": round(rho, 5),
+        "engine_samples_per_s": round(a.n / engine_s, 3), "engine_over_floor": round(engine_s / fl, 2),
+        "engine_s": round(engine_s, 2), "floor_s": round(fl, 2),
+        "engine_peak_rss_mb": round(engine_peak), "floor_peak_rss_mb": round(floor_peak),
+        "references": {},
     }
-    ok = diff <= a.tol * max(scale, 1e-12)
-    if a.skip_reference:
-        out.update(reference_samples_per_s=None, speedup_vs_reference=None, reference_s=None,
-                   reference_peak_rss_mb=None, max_abs_diff=None, spearman_engine_vs_reference=None)
+    ok = True
+    for name in refs:
+        ref = ref_scores[name]
+        diff = float((engine - ref).abs().max())
+        scale = float(ref.abs().max())
+        from_rank = torch.argsort(torch.argsort(engine)).double()
+        to_rank = torch.argsort(torch.argsort(ref)).double()
+        rho = float(torch.corrcoef(torch.stack([from_rank, to_rank]))[0, 1])
+        same = diff <= a.tol * max(scale, 1e-12)
+        if name != "trak":  # another random matrix: equal only up to the projection error
+            ok = ok and same
+        out["references"][name] = {
+            "samples_per_s": round(a.n / ref_s[name], 3), "seconds": round(ref_s[name], 2),
+            "speedup_engine_vs_reference": round(ref_s[name] / engine_s, 2),
+            "reference_over_floor": round(ref_s[name] / fl, 2), "peak_rss_mb": round(ref_peak[name]),
+            "max_abs_diff": diff, "score_scale": scale, "spearman_engine_vs_reference": round(rho, 5),
+            "same_scores": same if name != "trak" else None,
+        }
+    if trak_s is not None:
+        out["projection_call_16_rows_s"] = {"trak_basic_projector": round(trak_s, 3),
+                                            "regen_stand_in": round(our_regen_s, 3)}
     out["same_scores"] = ok
     print(json.dumps(out, indent=1))
-    print(f"engine {out['engine_samples_per_s']} samples/s, reference {out['reference_samples_per_s']} samples/s, "
-          f"ratio {out['speedup_vs_reference']}x; engine/floor {out['engine_over_floor']}; "
-          f"scores {'match' if ok else 'DIFFER'} (max |diff| {diff:.2e}, scale {scale:.2e})")
+    print(f"engine {out['engine_samples_per_s']} samples/s, engine/floor {out['engine_over_floor']}")
+    for name, r in out["references"].items():
+        print(f"reference[{name}] {r['samples_per_s']} samples/s: ratio {r['speedup_engine_vs_reference']}x, "
+              f"reference/floor {r['reference_over_floor']}; scores {dict([(True, 'match'), (False, 'DIFFER'), (None, 'other matrix')])[r['same_scores']]} "
+              f"(Spearman {r['spearman_engine_vs_reference']}, max |diff| {r['max_abs_diff']:.2e}, scale {r['score_scale']:.2e})")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     if not ok:

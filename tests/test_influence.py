@@ -452,6 +452,14 @@ def test_projection_is_deterministic_and_chunk_invariant():
         assert other.block_rows * d * 8 <= mem * 2**20  # no float block above the cap
         assert torch.equal(r, other.matrix())
         torch.testing.assert_close(other.project(x, offset=123), x @ r[123:823])
+    # a mode asked for explicitly: same matrix; one that does not fit the cap is refused, naming it
+    forced = RademacherProjector(p, d, seed=5, memory_mb=64, dtype=torch.float64, mode="regen")
+    assert forced.mode == "regen" and torch.equal(forced.matrix(), r)
+    torch.testing.assert_close(forced.project(x), x @ r[:700])
+    with pytest.raises(ValueError, match="'dense' does not fit"):
+        RademacherProjector(p, d, seed=5, memory_mb=0.02, mode="dense")
+    with pytest.raises(ValueError, match="must be one of"):
+        RademacherProjector(p, d, mode="sparse")
     # the same projection in float32 (signs identical, only rounding of the scale)
     torch.testing.assert_close(RademacherProjector(p, d, seed=5, memory_mb=0.02).matrix().double(), r)
     assert set(r.unique().tolist()) == {-1 / math.sqrt(d), 1 / math.sqrt(d)}

@@ -42,7 +42,9 @@ class RademacherProjector:
     """``project(x, offset)`` = ``x @ R[offset : offset + x.shape[1]]`` for a virtual P x d Rademacher matrix R."""
 
     def __init__(self, num_params: int, dim: int, seed: int = 0, memory_mb: float = 1024,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, mode: str | None = None):
+        """``mode`` None picks the fastest mode that fits ``memory_mb``; a given mode must fit it too
+        (``regen`` always does). The matrix is the same in every mode."""
         if dim <= 0:
             raise ValueError(f"projection dim must be > 0, got {dim}")
         self.num_params, self.dim, self.seed = int(num_params), int(dim), int(seed)
@@ -54,14 +56,17 @@ class RademacherProjector:
         row_float = self.dim * elem
         p, d = self.num_params, self.dim
         # A working float block of B bytes also needs ~B/2 of temporaries (gather index, int8 signs).
-        if p * row_float <= cap:
-            self.mode, block_cap = "dense", cap
-        elif p * d <= cap / 2:
-            self.mode, block_cap = "int8", (cap - p * d) / 1.5
-        elif p * self.packed_cols <= cap / 2:
-            self.mode, block_cap = "packed", (cap - p * self.packed_cols) / 1.5
-        else:
-            self.mode, block_cap = "regen", cap / 1.5
+        fits = {"dense": (p * row_float <= cap, cap), "int8": (p * d <= cap / 2, (cap - p * d) / 1.5),
+                "packed": (p * self.packed_cols <= cap / 2, (cap - p * self.packed_cols) / 1.5),
+                "regen": (True, cap / 1.5)}
+        if mode is None:
+            mode = next(m for m, (ok, _) in fits.items() if ok)
+        elif mode not in fits:
+            raise ValueError(f"projection mode must be one of {tuple(fits)}, got {mode!r}")
+        elif not fits[mode][0]:
+            raise ValueError(f"projection mode {mode!r} does not fit memory_mb={memory_mb} "
+                             f"(P={p}, d={d})")
+        self.mode, block_cap = mode, fits[mode][1]
         self.block_rows = min(p, int(block_cap // row_float)) if self.mode != "dense" else p
         if self.block_rows < 1:
             raise ValueError(f"memory_mb={memory_mb} cannot hold one projection row of dim {dim}")
