@@ -94,6 +94,13 @@ class RubricRLArguments:
     reward_if_scale: float = field(
         default=1.0, metadata={"help": "Multiplier on the (scaled) influence score."}
     )
+    reward_novelty_weight: float = field(
+        default=0.5,
+        metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = 1 - the "
+                          "highest word-bigram Jaccard similarity of a valid sample to another valid sample of "
+                          "the same GRPO group (same document and prompt). Without it the generator collapses "
+                          "onto one question per document (see notes/evaluate.md); 0 turns it off."},
+    )
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -102,6 +109,8 @@ class RubricRLArguments:
             raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
         if self.reward_invalid_penalty < 0:
             raise ValueError(f"reward_invalid_penalty must be >= 0, got {self.reward_invalid_penalty!r}")
+        if self.reward_novelty_weight < 0:
+            raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",
                      "policy_sft_max_documents"):
             if getattr(self, name) < 1:

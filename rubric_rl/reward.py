@@ -1,8 +1,14 @@
 """The TRL reward callable: completions -> rubrics -> samples -> influence -> floats.
 
-``R = valid * s(IF) - lambda * (1 - valid)`` where ``valid`` means the rubric parsed and the teacher's
-sample passed every verifier, ``IF`` is the influence engine's score of the sample on the target, and
-``s`` is the configured scaling (batch min-max by default, as in OptimSyn's code). Outcomes that say
+``R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid)`` where ``valid`` means the rubric parsed
+and the teacher's sample passed every verifier, ``IF`` is the influence engine's score of the sample on the
+target, ``s`` is the configured scaling (batch min-max by default, as in OptimSyn's code), and ``novelty``
+is 1 minus the sample's highest word-bigram Jaccard similarity to another valid sample of its GRPO group
+(same document and prompt). Influence is a per-sample score: it pays the best single question, and a
+policy paid only by it writes the same question for a document again and again (measured on the
+quickstart: 68 % of the trained generator's samples asked for the indication). The group-relative
+novelty term pays for asking something else, as in diversity-aware GRPO (DARLING, Li et al. 2025).
+Outcomes that say
 nothing about the rubric return ``None`` (TRL's "unscorable": excluded from the group baseline), and
 are counted, never turned into 0: a NaN/inf influence, or a teacher that failed for infrastructure
 reasons (timeout, HTTP error).
@@ -23,6 +29,7 @@ from pathlib import Path
 
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
+from .synth.text import words
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +69,34 @@ def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_
     return out
 
 
+def sample_bigrams(messages: list[dict]) -> frozenset:
+    """Word bigrams of all turns of a chat sample (the unit the novelty term compares)."""
+    w = words(" ".join(str(m.get("content", "")) for m in messages))
+    return frozenset(zip(w, w[1:])) if len(w) > 1 else frozenset(w)
+
+
+def group_novelty(samples: list[list[dict] | None], groups: list) -> list[float | None]:
+    """``1 - max_j Jaccard(bigrams_i, bigrams_j)`` over the other samples ``j`` with the same group key.
+
+    ``None`` where ``samples[i]`` is ``None``; a sample alone in its group (or whose group has no other
+    sample) has novelty 1. Exact duplicates have novelty 0.
+    """
+    grams = [sample_bigrams(s) if s is not None else None for s in samples]
+    out: list[float | None] = []
+    for i, gi in enumerate(grams):
+        if gi is None:
+            out.append(None)
+            continue
+        best = 0.0
+        for j, gj in enumerate(grams):
+            if j == i or gj is None or groups[j] != groups[i]:
+                continue
+            union = len(gi | gj)
+            best = max(best, len(gi & gj) / union if union else 1.0)
+        out.append(1.0 - best)
+    return out
+
+
 @dataclass
 class RewardStats:
     """Counts since the start of the run (all outcomes, by reason)."""
@@ -79,11 +114,13 @@ class InfluenceReward:
     __name__ = "influence"  # TRL names reward columns after this
 
     def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
-                 scaling: str = "batch_minmax", scale: float = 1.0, log_path: str | Path | None = None):
+                 scaling: str = "batch_minmax", scale: float = 1.0, novelty_weight: float = 0.0,
+                 log_path: str | Path | None = None):
         self.synthesizer = synthesizer
         self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device
         self._scorer = None
         self.invalid_penalty, self.scaling, self.scale = invalid_penalty, scaling, scale
+        self.novelty_weight = novelty_weight
         self.stats = RewardStats()
         self.log_path = Path(log_path) if log_path else None
         self.recent_influences: list[float] = []  # drained by the logging callback (histograms)
@@ -148,6 +185,14 @@ class InfluenceReward:
         for i in range(n):
             if unscorable[i]:
                 rewards[i] = None
+        # Novelty among the samples that got a reward from their influence (valid, finite).
+        rewarded = [samples[i] if valid[i] and rewards[i] is not None else None for i in range(n)]
+        novelty = group_novelty(rewarded, [(str(doc_ids[i]), completion_text(prompts[i]) if prompts else "")
+                                           for i in range(n)])
+        if self.novelty_weight:
+            for i in range(n):
+                if novelty[i] is not None:
+                    rewards[i] += self.novelty_weight * novelty[i]
 
         # ---- accounting and logging
         self.stats.calls += 1
@@ -165,9 +210,13 @@ class InfluenceReward:
             log_metric("unscorable_rate", n_none / n)
             if finite_if:
                 log_metric("influence_mean", sum(finite_if) / len(finite_if))
+            finite_nov = [x for x in novelty if x is not None]
+            if finite_nov:
+                log_metric("novelty_mean", sum(finite_nov) / len(finite_nov))
         if log_extra is not None:
             log_extra("outcome", [r or "valid" for r in reasons])
             log_extra("raw_influence", influences)
+            log_extra("novelty", novelty)
             log_extra("sample", [json.dumps(s, ensure_ascii=False) if s else "" for s in samples])
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,5 +224,5 @@ class InfluenceReward:
                 for i in range(n):
                     fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
                                          "outcome": reasons[i] or "valid", "influence": influences[i],
-                                         "reward": rewards[i], "sample": samples[i]}, ensure_ascii=False) + "\n")
+                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i]}, ensure_ascii=False) + "\n")
         return rewards

@@ -247,7 +247,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items)),
         lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
-        log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
+        novelty_weight=args.reward_novelty_weight, log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
     )
     resume = _resume_arg(grpo_args.resume_from_checkpoint)
     if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
