@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: rubric-rl COMMAND [--config FILE.yaml] [--field value ...]
 
@@ -42,8 +43,16 @@ def cmd_train(argv):
         description="RL-train a rubric generator: policy rollouts -> teacher samples -> influence reward -> GRPO. "
                     "Ends by exporting the generator to OUTPUT_DIR/export.")
     summary = train(args, grpo_args, teacher_cfg, influence_cfg)
-    if summary.get("export_dir"):
+    if summary.get("export_dir"):  # the main process
         print(format_summary(summary))
+        if args.evaluate_config:
+            from .evaluate import cmd_evaluate
+
+            print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs "
+                  f"{', '.join(s.split('=', 1)[0] for s in args.evaluate_sources or []) or 'nothing'}", flush=True)
+            cmd_evaluate(["--config", args.evaluate_config,
+                          "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
+                          "--output", str(Path(summary["output_dir"]) / "eval")])
 
 
 def cmd_export(argv):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .data.prompts import DEFAULT_TASK
 
@@ -94,6 +95,17 @@ class RubricRLArguments:
     reward_if_scale: float = field(
         default=1.0, metadata={"help": "Multiplier on the (scaled) influence score."}
     )
+    evaluate_config: str | None = field(
+        default=None,
+        metadata={"help": "After training and export, run `rubric-rl evaluate` with this config: the exported "
+                          "generator (source 'trained') against evaluate_sources, report in OUTPUT_DIR/eval, table "
+                          "printed. The quickstart sets it; real runs usually evaluate separately."},
+    )
+    evaluate_sources: list[str] | None = field(
+        default=None,
+        metadata={"help": "Sources compared with the trained generator after training, NAME=SPEC each "
+                          "(SPEC: rubrics JSON, exported generator folder, or 'none')."},
+    )
     reward_novelty_weight: float = field(
         default=0.5,
         metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = 1 - the "
@@ -109,6 +121,14 @@ class RubricRLArguments:
             raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
         if self.reward_invalid_penalty < 0:
             raise ValueError(f"reward_invalid_penalty must be >= 0, got {self.reward_invalid_penalty!r}")
+        if self.evaluate_config is not None:
+            from .evaluate import parse_sources
+
+            if not Path(self.evaluate_config).is_file():
+                raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
+            if any(s.split("=", 1)[0] == "trained" for s in self.evaluate_sources or []):
+                raise ValueError("evaluate_sources: the name 'trained' is the generator this run trains")
+            parse_sources(self.evaluate_sources or [])
         if self.reward_novelty_weight < 0:
             raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",

@@ -73,6 +73,10 @@ def test_cli_flags_override_the_file():
     ("--reward_invalid_penalty", "-1", "reward_invalid_penalty"),
     ("--teacher_backend", "nope", "teacher_backend"),
     ("--influence_estimator", "nope", "influence_estimator"),
+    ("--reward_novelty_weight", "-0.5", "reward_novelty_weight"),
+    ("--evaluate_config", "/nonexistent/eval.yaml", "evaluate_config"),
+    ("--evaluate_sources", "trained=x.json", "evaluate_sources"),
+    ("--evaluate_sources", "no-equals-sign", "sources"),
 ])
 def test_bad_values_fail_naming_the_field(flag, value, field, capsys):
     with pytest.raises(SystemExit) as info:
@@ -85,3 +89,24 @@ def test_missing_config_file_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         parse_config(train_dataclasses(), ["--config", "/nonexistent/run.yaml"])
     assert "/nonexistent/run.yaml" in capsys.readouterr().err
+
+
+def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
+    """With evaluate_config set (the quickstart), `rubric-rl train` ends by evaluating its export."""
+    import rubric_rl.evaluate
+    import rubric_rl.train
+
+    calls = []
+    monkeypatch.setattr(rubric_rl.train, "train", lambda *a: {
+        "output_dir": str(tmp_path), "export_dir": str(tmp_path / "export"), "reward": {}})
+    monkeypatch.setattr(rubric_rl.evaluate, "cmd_evaluate", lambda argv: calls.append(argv))
+    main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path)])
+    assert calls == [["--config", "configs/evaluate_quickstart.yaml", "--sources", f"trained={tmp_path / 'export'}",
+                      "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval")]]
+    assert "Downstream evaluation" in capsys.readouterr().out
+    # and without it, no evaluation
+    cfg = tmp_path / "noeval.yaml"
+    cfg.write_text("\n".join(line for line in (ROOT / "configs" / "quickstart.yaml").read_text().splitlines()
+                             if not line.startswith("evaluate_")))
+    main(["train", "--config", str(cfg), "--output_dir", str(tmp_path)])
+    assert len(calls) == 1
