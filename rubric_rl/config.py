@@ -108,10 +108,10 @@ class RubricRLArguments:
     )
     reward_novelty_weight: float = field(
         default=0.5,
-        metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = 1 - the "
-                          "highest word-bigram Jaccard similarity of a valid sample to another valid sample of "
-                          "the same GRPO group (same document and prompt). Without it the generator collapses "
-                          "onto one question per document (see notes/evaluate.md); 0 turns it off."},
+        metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = the share "
+                          "of the other valid samples of the same GRPO group (same document and prompt) that are "
+                          "about a different sentence of the document. Without it the generator collapses onto "
+                          "one question per document (notes/evaluate.md); 0 turns it off."},
     )
 
     def __post_init__(self):

@@ -3,11 +3,12 @@
 ``R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid)`` where ``valid`` means the rubric parsed
 and the teacher's sample passed every verifier, ``IF`` is the influence engine's score of the sample on the
 target, ``s`` is the configured scaling (batch min-max by default, as in OptimSyn's code), and ``novelty``
-is 1 minus the sample's highest word-bigram Jaccard similarity to another valid sample of its GRPO group
-(same document and prompt). Influence is a per-sample score: it pays the best single question, and a
-policy paid only by it writes the same question for a document again and again (measured on the
-quickstart: 68 % of the trained generator's samples asked for the indication). The group-relative
-novelty term pays for asking something else, as in diversity-aware GRPO (DARLING, Li et al. 2025).
+is the share of the other valid samples of its GRPO group (same document and prompt) that are about a
+different sentence of the document. Influence is a per-sample score: it pays the best single question,
+and a policy paid only by it asks the same question of a document again and again (measured on the
+quickstart: 54-68 % of the samples of a trained generator were about one relation). The group-relative
+novelty term pays for asking about something else, as in diversity-aware GRPO (DARLING, Li et al. 2025),
+whose partitions here are the document's sentences: format (multiple choice or open) does not count.
 Outcomes that say
 nothing about the rubric return ``None`` (TRL's "unscorable": excluded from the group baseline), and
 are counted, never turned into 0: a NaN/inf influence, or a teacher that failed for infrastructure
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
-from .synth.text import words
+from .synth.grounding import supporting_sentence
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ def completion_text(completion) -> str:
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     return str(completion)
+
+
+def _question_answer(messages: list[dict]) -> tuple[str, str]:
+    """(everything before the last turn, the last turn) of a chat sample."""
+    return ("\n".join(str(m.get("content", "")) for m in messages[:-1]), str(messages[-1].get("content", "")))
 
 
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
@@ -69,31 +75,23 @@ def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_
     return out
 
 
-def sample_bigrams(messages: list[dict]) -> frozenset:
-    """Word bigrams of all turns of a chat sample (the unit the novelty term compares)."""
-    w = words(" ".join(str(m.get("content", "")) for m in messages))
-    return frozenset(zip(w, w[1:])) if len(w) > 1 else frozenset(w)
+MISSING = object()  # group_novelty: "no sample here"
 
 
-def group_novelty(samples: list[list[dict] | None], groups: list) -> list[float | None]:
-    """``1 - max_j Jaccard(bigrams_i, bigrams_j)`` over the other samples ``j`` with the same group key.
+def group_novelty(passages: list, groups: list) -> list[float | None]:
+    """Share of the other samples of the same group that are about a different passage (DARLING-style).
 
-    ``None`` where ``samples[i]`` is ``None``; a sample alone in its group (or whose group has no other
-    sample) has novelty 1. Exact duplicates have novelty 0.
+    ``passages[i]`` is what sample i is about (the document sentence that supports it; ``None`` when it
+    matches none, which counts as one more passage) or the ``MISSING`` marker for no sample (invalid:
+    novelty ``None``). A sample alone in its group has novelty 1; eight samples about one fact all get 0.
     """
-    grams = [sample_bigrams(s) if s is not None else None for s in samples]
     out: list[float | None] = []
-    for i, gi in enumerate(grams):
-        if gi is None:
+    for i, (pi, gi) in enumerate(zip(passages, groups, strict=True)):
+        if pi is MISSING:
             out.append(None)
             continue
-        best = 0.0
-        for j, gj in enumerate(grams):
-            if j == i or gj is None or groups[j] != groups[i]:
-                continue
-            union = len(gi | gj)
-            best = max(best, len(gi & gj) / union if union else 1.0)
-        out.append(1.0 - best)
+        others = [pj for j, (pj, gj) in enumerate(zip(passages, groups)) if j != i and gj == gi and pj is not MISSING]
+        out.append(sum(pj != pi for pj in others) / len(others) if others else 1.0)
     return out
 
 
@@ -185,9 +183,11 @@ class InfluenceReward:
         for i in range(n):
             if unscorable[i]:
                 rewards[i] = None
-        # Novelty among the samples that got a reward from their influence (valid, finite).
-        rewarded = [samples[i] if valid[i] and rewards[i] is not None else None for i in range(n)]
-        novelty = group_novelty(rewarded, [(str(doc_ids[i]), completion_text(prompts[i]) if prompts else "")
+        # Novelty among the samples that got a reward from their influence (valid, finite): which passage
+        # of the document each one is about, compared within its GRPO group (same document and prompt).
+        passages = [supporting_sentence(*_question_answer(samples[i]), documents[i])
+                    if valid[i] and rewards[i] is not None else MISSING for i in range(n)]
+        novelty = group_novelty(passages, [(str(doc_ids[i]), completion_text(prompts[i]) if prompts else "")
                                            for i in range(n)])
         if self.novelty_weight:
             for i in range(n):
@@ -224,5 +224,6 @@ class InfluenceReward:
                 for i in range(n):
                     fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
                                          "outcome": reasons[i] or "valid", "influence": influences[i],
+                                         "passage": passages[i] if passages[i] is not MISSING else None,
                                          "novelty": novelty[i], "reward": rewards[i], "sample": samples[i]}, ensure_ascii=False) + "\n")
         return rewards

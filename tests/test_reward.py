@@ -4,7 +4,7 @@ import math
 import pytest
 
 from rubric_rl.data.documents import load_documents
-from rubric_rl.reward import InfluenceReward, group_novelty, sample_bigrams, shape_rewards
+from rubric_rl.reward import InfluenceReward, group_novelty, shape_rewards
 from rubric_rl.synth.engine import SampleSynthesizer
 from rubric_rl.teachers.base import TeacherResult
 from rubric_rl.teachers.template import TemplateTeacher
@@ -87,34 +87,43 @@ def test_reward_nan_influence_is_none_and_counted(quickstart_dir):
     assert reward.stats.outcomes["influence_nonfinite_gradient"] == 1
 
 
-def _chat(q, a):
-    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+def test_group_novelty_is_the_share_of_the_group_about_another_passage():
+    from rubric_rl.reward import MISSING
 
-
-def test_group_novelty_hand_computed():
-    a = _chat("Which drug treats gout?", "Zorin treats gout.")
-    b = _chat("Which drug treats gout?", "Zorin treats gout.")  # exact duplicate of a
-    c = _chat("What is the dose of Zorin?", "Zorin is given at 10 mg.")
-    # bigrams of a: which-drug drug-treats treats-gout gout-zorin zorin-treats (treats-gout again) -> 5 distinct
-    assert len(sample_bigrams(a)) == 5
-    ga, gc = sample_bigrams(a), sample_bigrams(c)
-    jac_ac = len(ga & gc) / len(ga | gc)
-    out = group_novelty([a, b, c, None, a], ["g", "g", "g", "g", "other"])
-    assert out[0] == 0.0 and out[1] == 0.0  # duplicates of each other
-    assert out[2] == pytest.approx(1.0 - jac_ac)
+    out = group_novelty([0, 0, 3, MISSING, None, 0], ["g", "g", "g", "g", "g", "other"])
+    # group g has valid samples about passages 0, 0, 3, None (matched nothing: a passage of its own)
+    assert out[0] == pytest.approx(2 / 3) and out[1] == pytest.approx(2 / 3)
+    assert out[2] == 1.0 and out[4] == 1.0
     assert out[3] is None  # no sample (invalid): no novelty, not 0
-    assert out[4] == 1.0  # alone in its group: never compared with group "g"
+    assert out[5] == 1.0  # alone in its group: never compared with group "g"
+    assert group_novelty([5] * 8, ["g"] * 8) == [0.0] * 8  # eight times the same fact
+
+
+def test_supporting_sentence_ignores_the_format(quickstart_dir):
+    from rubric_rl.synth.grounding import document_sentences, supporting_sentence
+
+    doc = load_documents(quickstart_dir / "documents.jsonl")[0]["text"]
+    sents = document_sentences(doc)
+    side = next(k for k, x in enumerate(sents) if "side effect" in x)
+    dose = next(k for k, x in enumerate(sents) if "dose" in x)
+    mc = ("Which adverse effect is reported most often with Belmozaline?\nOptions:\n(A) fatigue\n(B) dry cough\n"
+          "(C) insomnia\n(D) nausea\nThink step by step, then give the letter of the correct option.")
+    assert supporting_sentence(mc, "Let's think step by step. The most common side effect of Belmozaline is dry "
+                                   "cough. This matches option (B). The answer is (B).", doc) == side
+    assert supporting_sentence("What is the main side effect of Belmozaline?", "Dry cough.", doc) == side
+    assert supporting_sentence("How much Belmozaline does an adult take?", "200 mg once daily.", doc) == dose
+    assert supporting_sentence("Is the sky blue?", "Yes.", doc) is None
+    assert supporting_sentence("anything", "anything", "") is None
 
 
 def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
     docs = load_documents(quickstart_dir / "documents.jsonl")
-
     sentences = {"dose": "The standard adult dose of Belmozaline is 200 mg once daily.",
                  "side effect": "The most common side effect of Belmozaline is dry cough."}
     assert all(x in docs[0]["text"] for x in sentences.values())
 
     class ByRubricTeacher(TemplateTeacher):
-        """The sample is a function of the rubric's first line only (so equal rubrics give equal samples)."""
+        """The sample is a function of the rubric's first line only."""
 
         def generate(self, requests):
             out = []
@@ -128,21 +137,19 @@ def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
         return json.dumps({"prompt_related": [topic]})
 
     comps = [rubric("dose"), rubric("dose"), rubric("side effect"), "broken"]
-    scaled = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
-                             scaling="none", novelty_weight=0.5)
-    plain = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
-                            scaling="none", novelty_weight=0.0)
-    kw = dict(prompts=["p"] * 4, completions=comps, document=[docs[0]["text"]] * 4, doc_id=["d0"] * 4)
+    kw = dict(completions=comps, document=[docs[0]["text"]] * 4, doc_id=["d0"] * 4)
+    with_nov = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
+                               scaling="none", novelty_weight=0.5)
+    without = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
+                              scaling="none", novelty_weight=0.0)
     extras = {}
-    with_nov = scaled(**kw, log_extra=extras.__setitem__)
-    without = plain(**kw)
-    nov = extras["novelty"]
-    assert nov[0] == nov[1] == 0.0 and 0.0 < nov[2] < 1.0 and nov[3] is None
-    for i in range(3):
-        assert with_nov[i] == pytest.approx(without[i] + 0.5 * nov[i])
-    assert with_nov[3] == without[3] == pytest.approx(-0.1)  # the penalty is not touched
-    # the same completions as two different prompts (groups): nobody is a duplicate any more
+    r1 = with_nov(prompts=["p"] * 4, **kw, log_extra=extras.__setitem__)
+    r0 = without(prompts=["p"] * 4, **kw)
+    # two dose samples: each has 1 of 2 others about another sentence; the side effect one: 2 of 2
+    assert extras["novelty"] == [0.5, 0.5, 1.0, None]
+    assert r1[:3] == pytest.approx([r0[0] + 0.25, r0[1] + 0.25, r0[2] + 0.5])
+    assert r1[3] == r0[3] == pytest.approx(-0.1)  # the penalty is not touched
+    # the same completions under two prompts (two groups): sample 1 is alone in group "q"
     extras2 = {}
-    scaled(prompts=["p", "q", "p", "p"], completions=comps, document=[docs[0]["text"]] * 4, doc_id=["d0"] * 4,
-           log_extra=extras2.__setitem__)
-    assert extras2["novelty"][:3] == [nov[2], 1.0, nov[2]]  # 0 and 2 share prompt "p"; 1 is alone in "q"
+    with_nov(prompts=["p", "q", "p", "p"], **kw, log_extra=extras2.__setitem__)
+    assert extras2["novelty"] == [1.0, 1.0, 1.0, None]

@@ -10,6 +10,7 @@ Answers that still carry fewer than ``min_content_words`` content words are not 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -60,3 +61,36 @@ class GroundingVerifier:
         if score is not None and score < self.min_overlap:
             return "ungrounded"
         return None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def document_sentences(document: str) -> list[str]:
+    """The document split into sentences (and lines); empty pieces dropped."""
+    return [x.strip() for x in _SENTENCE_END.split(document) if x.strip()]
+
+
+def supporting_sentence(question: str, answer: str, document: str) -> int | None:
+    """Index of the document sentence a sample is about, or None when it matches none.
+
+    The sentence sharing the most content words with question + answer, each word weighted by its
+    inverse sentence frequency in the document (a word in every sentence, such as the subject's name,
+    weighs least). Answer boilerplate ("step", "option", ...) is ignored, so the same fact asked as a
+    multiple-choice question or as an open one maps to the same sentence.
+    """
+    sentences = [content_words(x) for x in document_sentences(document)]
+    if not sentences:
+        return None
+    words = content_words(question + "\n" + answer, ANSWER_BOILERPLATE)
+    df: dict[str, int] = {}
+    for sent in sentences:
+        for w in sent:
+            df[w] = df.get(w, 0) + 1
+    n = len(sentences)
+    best, best_score = None, 0.0
+    for k, sent in enumerate(sentences):
+        score = sum(math.log(1.0 + n / df[w]) for w in words & sent)
+        if score > best_score:
+            best, best_score = k, score
+    return best
