@@ -230,7 +230,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from rubric_rl.influence import InfluenceConfig, InfluenceScorer
-    from rubric_rl.influence.warmup import read_chat_jsonl
+    from rubric_rl.data.documents import load_chat_samples
 
     run_dir = Path(a.run_dir or f"/tmp/rubric_rl_bench/{a.model.replace(':', '_').replace(',', '_')}_r{a.lora_r}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def main(argv=None) -> dict:
     scorer = InfluenceScorer.from_config(cfg, run_dir, device=a.device)
     setup_s = time.perf_counter() - t
     samples = load_samples(a.samples, a.n, seed=0)
-    val_samples = [r["messages"] for r in read_chat_jsonl(val_path)]
+    val_samples = [r["messages"] for r in load_chat_samples(val_path)]
     n_base = sum(p.numel() for n, p in scorer.model.named_parameters() if not p.requires_grad)
     n_lora = scorer.engine.num_params
     from rubric_rl.data.chat import tokenize_chat

@@ -1,3 +1,6 @@
+import json
+
+import pytest
 import torch
 
 from rubric_rl.data.chat import IGNORE_INDEX, tokenize_chat
@@ -37,3 +40,23 @@ def test_tiny_model_is_deterministic_and_generates(tiny_tokenizer):
     out = a.generate(**enc, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 4 or out[0, -1] == tiny_tokenizer.eos_token_id
     assert load_tokenizer("tiny:hidden=32,layers=2,heads=4,seed=0").vocab_size == tiny_tokenizer.vocab_size
+
+
+def test_load_chat_samples_names_file_and_line(tmp_path):
+    from rubric_rl.data.documents import DataFileError, load_chat_samples
+
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "subtask": "s"}
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(good["messages"]) + "\n")
+    rows = load_chat_samples(path)  # a bare messages list per line is accepted; blank lines skipped
+    assert [r["line"] for r in rows] == [1, 3] and rows[0]["subtask"] == "s" and rows[1]["messages"] == good["messages"]
+    for bad, what in (("{not json", "invalid JSON"), (json.dumps({"messages": [{"role": "user"}]}), "not a chat sample"),
+                      (json.dumps({"text": "no messages"}), "not a chat sample")):
+        path.write_text(json.dumps(good) + "\n" + bad + "\n")
+        with pytest.raises(DataFileError, match=rf"chat.jsonl:2: {what}"):
+            load_chat_samples(path)
+    path.write_text("\n")
+    with pytest.raises(DataFileError, match="no samples"):
+        load_chat_samples(path)
+    with pytest.raises(DataFileError, match="file not found"):
+        load_chat_samples(tmp_path / "missing.jsonl")

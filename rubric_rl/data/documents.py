@@ -64,15 +64,32 @@ def load_documents(path: str | Path, text_field: str = "text", id_field: str = "
 
 
 def load_chat_samples(path: str | Path) -> list[dict]:
-    """Rows with a ``messages`` list (validated), e.g. validation and warm-up sets."""
+    """Chat samples from jsonl: one ``{"messages": [...], ...}`` (or a bare messages list) per line.
+
+    Every row keeps its other fields and gains ``line`` (its line number). Any malformed line is an
+    error naming ``file:line``; an empty file is an error too. The one reader of chat files (warm-up,
+    validation, test, seed samples)."""
     from .chat import ChatFormatError, validate_messages
 
-    rows = read_jsonl(path)
-    for i, row in enumerate(rows):
-        try:
-            validate_messages(row.get("messages"))
-        except ChatFormatError as err:
-            raise DataFileError(f"{path}: sample {i + 1}: {err}") from None
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+            try:
+                validate_messages(row.get("messages"))
+            except ChatFormatError as err:
+                raise DataFileError(f"{path}:{lineno}: not a chat sample ({err})") from None
+            row["line"] = lineno
+            rows.append(row)
     if not rows:
         raise DataFileError(f"{path}: no samples")
     return rows

@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
+from ..data.documents import load_chat_samples
 from .config import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
-from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, read_chat_jsonl, run_warmup
+from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class InfluenceScorer:
 
         path = Path(path)
         field = self.cfg.influence_subtask_field
-        rows = read_chat_jsonl(path, keep_fields=(field,))
+        rows = load_chat_samples(path)
         self._val, self._raw_val = [], []
         subtasks_ref = None
         for i, ckpt in enumerate(self.checkpoints):

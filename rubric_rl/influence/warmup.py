@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..data.chat import IGNORE_INDEX, ChatFormatError, tokenize_chat, validate_messages
+from ..data.chat import IGNORE_INDEX, tokenize_chat
+from ..data.documents import load_chat_samples
 from .config import InfluenceConfig
 
 logger = logging.getLogger(__name__)
@@ -58,32 +59,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def read_chat_jsonl(path: str | Path, *, keep_fields: tuple[str, ...] = ()) -> list[dict]:
-    """Strict reader for curated files (warm-up, validation): any malformed line is an error naming file:line."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"chat file not found: {path}")
-    out = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                messages = obj["messages"] if isinstance(obj, dict) else obj
-                validate_messages(messages)
-            except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a chat sample ({type(exc).__name__}: {exc})") from None
-            row = {"messages": messages, "line": lineno}
-            for key in keep_fields:
-                if isinstance(obj, dict) and key in obj:
-                    row[key] = obj[key]
-            out.append(row)
-    if not out:
-        raise ValueError(f"{path}: no samples")
-    return out
 
 
 class PaddingCollator:
@@ -192,7 +167,7 @@ def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = Tr
 
     if cfg.warmup_data is None:
         raise ValueError(f"warmup_data is not set and {wdir} holds no finished warm-up; set warmup_data to a chat jsonl")
-    read_chat_jsonl(cfg.warmup_data)  # fail early, in this process, on a bad file
+    load_chat_samples(cfg.warmup_data)  # fail early, in this process, on a bad file
     had_partial, had_accelerator = _accelerate_states()
     if distributed or had_accelerator:
         # The Trainer would join the process group / reuse the caller's Accelerator settings: isolate it.
@@ -274,7 +249,7 @@ def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
         shutil.rmtree(wdir)
     wdir.mkdir(parents=True)
 
-    rows = read_chat_jsonl(cfg.warmup_data)
+    rows = load_chat_samples(cfg.warmup_data)
     model, tok = load_model_and_tokenizer(
         cfg.target_model_name_or_path, dtype=cfg.target_dtype, trust_remote_code=cfg.target_trust_remote_code,
         padding_side="right",
