@@ -269,22 +269,26 @@ def main(argv=None) -> dict:
 
     from rubric_rl.influence.projection import RademacherProjector
 
-    refs: dict[str, object] = {}  # name -> projection function
+    # name -> factory of the projection function, called right before that reference runs (so a matrix
+    # built for one reference never counts in another phase's peak memory)
+    refs: dict[str, object] = {}
     if not a.skip_reference:
         pj = scorer.projector
         for name in a.reference:
             if pj is None:
-                refs["none"] = None
+                refs["none"] = lambda: None
                 break
             if name == "trak":
-                refs[name] = TrakBasicProjector(pj.num_params, pj.dim, dtype=pj.dtype).project
+                refs[name] = lambda: TrakBasicProjector(pj.num_params, pj.dim, dtype=pj.dtype).project
             elif name == "regen":  # same matrix, nothing resident: every call regenerates all P x d signs
-                regen = RademacherProjector(pj.num_params, pj.dim, seed=pj.seed, memory_mb=a.proj_memory_mb,
-                                            device=pj.device, dtype=pj.dtype, mode="regen")
-                refs[name] = regen.project
+                refs[name] = lambda: RademacherProjector(pj.num_params, pj.dim, seed=pj.seed,
+                                                         memory_mb=a.proj_memory_mb, device=pj.device,
+                                                         dtype=pj.dtype, mode="regen").project
             elif pj.num_params * pj.dim * 4 / 2**30 <= a.reference_max_matrix_gb:
-                mat = pj.matrix()  # built before timing, as a favour to the reference
-                refs[name] = lambda x, mat=mat: x @ mat
+                def materialized():
+                    mat = pj.matrix()  # built before timing, as a favour to the reference
+                    return lambda x: x @ mat
+                refs[name] = materialized
             else:
                 print(f"reference 'materialized' skipped: the {pj.num_params} x {pj.dim} float matrix needs "
                       f"{pj.num_params * pj.dim * 4 / 2**30:.1f} GB > --reference-max-matrix-gb", flush=True)
@@ -308,9 +312,11 @@ def main(argv=None) -> dict:
         fl = min(fl, floor_time(scorer, samples))
         floor_peak = floor_peak if r else peak_rss_mb()
 
-        for name, fn in refs.items():
+        for name, make in refs.items():
+            fn = make()
             reset_peak_rss()
             ref_scores[name], rs = less_reference(scorer, samples, val_samples, fn)
+            del fn
             ref_s[name] = min(ref_s[name], rs)
             ref_peak[name] = ref_peak[name] if r else peak_rss_mb()
 
@@ -320,7 +326,7 @@ def main(argv=None) -> dict:
         trak_s = trak_call_time(pj.num_params, pj.dim)
         x16 = torch.randn(16, pj.num_params)
         t = time.perf_counter()
-        refs["regen"](x16)
+        refs["regen"]()(x16)
         our_regen_s = time.perf_counter() - t
 
     out = {
