@@ -107,11 +107,12 @@ class RubricRLArguments:
                           "(SPEC: rubrics JSON, exported generator folder, or 'none')."},
     )
     reward_novelty_weight: float = field(
-        default=0.5,
+        default=2.0,
         metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = the share "
                           "of the other valid samples of the same GRPO group (same document and prompt) that are "
                           "about a different sentence of the document. Without it the generator collapses onto "
-                          "one question per document (notes/evaluate.md); 0 turns it off."},
+                          "one question per document; on the quickstart 0.5 was too weak, 2.0 stopped the collapse "
+                          "(notes/evaluate.md). 0 turns it off."},
     )
 
     def __post_init__(self):
