@@ -9,10 +9,10 @@ and a policy paid only by it asks the same question of a document again and agai
 quickstart: 54-68 % of the samples of a trained generator were about one relation). The group-relative
 novelty term pays for asking about something else, as in diversity-aware GRPO (DARLING, Li et al. 2025),
 whose partitions here are the document's sentences: format (multiple choice or open) does not count.
-Outcomes that say
-nothing about the rubric return ``None`` (TRL's "unscorable": excluded from the group baseline), and
-are counted, never turned into 0: a NaN/inf influence, or a teacher that failed for infrastructure
-reasons (timeout, HTTP error).
+
+Outcomes that say nothing about the rubric return ``None`` (TRL's "unscorable": excluded from the group
+baseline), and are counted, never turned into 0: a NaN/inf influence, or a teacher that failed for
+infrastructure reasons (timeout, HTTP error).
 
 It is a plain callable class, not an ``nn.Module`` (TRL would treat a module as a reward model). TRL
 calls it once per process on that process's completions; the target model lives on that process's
@@ -90,7 +90,8 @@ def group_novelty(passages: list, groups: list) -> list[float | None]:
         if pi is MISSING:
             out.append(None)
             continue
-        others = [pj for j, (pj, gj) in enumerate(zip(passages, groups)) if j != i and gj == gi and pj is not MISSING]
+        others = [pj for j, (pj, gj) in enumerate(zip(passages, groups))
+                  if j != i and gj == gi and pj is not MISSING]
         out.append(sum(pj != pi for pj in others) / len(others) if others else 1.0)
     return out
 
@@ -225,5 +226,6 @@ class InfluenceReward:
                     fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
                                          "outcome": reasons[i] or "valid", "influence": influences[i],
                                          "passage": passages[i] if passages[i] is not MISSING else None,
-                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i]}, ensure_ascii=False) + "\n")
+                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i]},
+                                        ensure_ascii=False) + "\n")
         return rewards

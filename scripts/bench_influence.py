@@ -220,7 +220,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeat", type=int, default=1, help="time each phase this many times, keep the fastest")
     ap.add_argument("--layerwise", action="store_true", help="influence_proj_layerwise=True")
     ap.add_argument("--skip-reference", action="store_true", help="time engine and floor only")
-    ap.add_argument("--reference", nargs="+", default=["regen", "materialized"], choices=["regen", "materialized", "trak"],
+    ap.add_argument("--reference", nargs="+", default=["regen", "trak", "materialized"],
+                    choices=["regen", "trak", "materialized"],
                     help="reference projections to time (see the module docstring); 'materialized' is skipped "
                          "when its float matrix exceeds --reference-max-matrix-gb")
     ap.add_argument("--reference-max-matrix-gb", type=float, default=8.0)
@@ -364,10 +365,12 @@ def main(argv=None) -> dict:
     out["same_scores"] = ok
     print(json.dumps(out, indent=1))
     print(f"engine {out['engine_samples_per_s']} samples/s, engine/floor {out['engine_over_floor']}")
+    verdict = {True: "match", False: "DIFFER", None: "other matrix"}
     for name, r in out["references"].items():
         print(f"reference[{name}] {r['samples_per_s']} samples/s: ratio {r['speedup_engine_vs_reference']}x, "
-              f"reference/floor {r['reference_over_floor']}; scores {dict([(True, 'match'), (False, 'DIFFER'), (None, 'other matrix')])[r['same_scores']]} "
-              f"(Spearman {r['spearman_engine_vs_reference']}, max |diff| {r['max_abs_diff']:.2e}, scale {r['score_scale']:.2e})")
+              f"reference/floor {r['reference_over_floor']}; scores {verdict[r['same_scores']]} "
+              f"(Spearman {r['spearman_engine_vs_reference']}, max |diff| {r['max_abs_diff']:.2e}, "
+              f"scale {r['score_scale']:.2e})")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     if not ok:
