@@ -1046,6 +1046,14 @@ def _merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
     return rest + ([flag, *values] if found else [])
 
 
+def format_paired(report: dict) -> str:
+    """One line: how often each source beats each lower-ranked one on the primary metric, seed by seed."""
+    names, paired = report["ranking"], report["paired"]
+    return f"Paired wins on test {report['primary_metric']} (same seed): " + ", ".join(
+        f"{a} > {b} in {paired[f'{a}>{b}']['wins']}/{paired[f'{a}>{b}']['seeds']}"
+        for k, a in enumerate(names) for b in names[k + 1:])
+
+
 def cmd_evaluate(argv: list[str] | None = None) -> dict:
     """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table."""
     from .config import parse_config
@@ -1060,6 +1068,7 @@ def cmd_evaluate(argv: list[str] | None = None) -> dict:
                     "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
     report = evaluate(cfg, teacher_cfg, influence_cfg, parse_sources(ea.sources), ea.output)
     print(format_table(report))
+    print("\n" + format_paired(report))
     c = report["correlation"][f"influence_vs_{report['primary_metric']}_gain"]
     print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {_fmt(c['pearson_r'])}")
     print(f"Report: {Path(ea.output) / 'report.md'} ({report['timing']['total_s']:.0f} s)")

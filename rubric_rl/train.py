@@ -111,16 +111,16 @@ def save_run_args(output_dir: Path, **configs) -> None:
     (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def reward_summary(metrics_path: Path, frac: float = 0.2) -> dict:
-    """Mean reward of the first vs the last ``frac`` of logged steps."""
+def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -> dict:
+    """Mean of a logged metric (the reward by default) over the first vs the last ``frac`` of logged steps."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
         if metrics_path.exists() else []
-    rewards = [r["reward"] for r in rows if isinstance(r.get("reward"), int | float) and math.isfinite(r["reward"])]
-    if not rewards:
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
+    if not values:
         return {"steps": 0}
-    k = max(1, int(round(len(rewards) * frac)))
-    first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
-    return {"steps": len(rewards), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
+    k = max(1, int(round(len(values) * frac)))
+    first, last = sum(values[:k]) / k, sum(values[-k:]) / k
+    return {"steps": len(values), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
 
 
 def _resume_arg(value):
@@ -266,6 +266,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
+               "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
                "outcomes": dict(reward.stats.outcomes)}
     if state.is_main_process:
         from .export import export_run
@@ -288,6 +289,10 @@ def format_summary(summary: dict) -> str:
             f"Reward over {r['steps']} logged steps: first {r['window']} mean {r['first_mean']:.4f} -> "
             f"last {r['window']} mean {r['last_mean']:.4f} (delta {r['delta']:+.4f})"
         )
+    f = summary.get("influence", {})
+    if f.get("steps"):
+        lines.append(f"Influence of the samples (unscaled): first {f['window']} mean {f['first_mean']:.4f} -> "
+                     f"last {f['window']} mean {f['last_mean']:.4f} (delta {f['delta']:+.4f})")
     lines.append(f"Run folder: {summary['output_dir']} (metrics.jsonl, rollouts.jsonl, checkpoints)")
     return "\n".join(lines)
 

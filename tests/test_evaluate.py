@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from rubric_rl.evaluate import (EvalArguments, EvalConfig, Source, _merge_repeated, correlation, distinct_n,
-                                evaluate, parse_sources, resolve_source, synthesize_dataset)
+                                evaluate, format_paired, parse_sources, resolve_source, synthesize_dataset)
 from rubric_rl.influence.config import InfluenceConfig
 from rubric_rl.rubric import Rubric
 from rubric_rl.teachers.config import TeacherConfig
@@ -58,6 +58,7 @@ def test_matching_source_beats_mismatching_source(report_run):
     assert report["ranking"] == ["match", "mismatch"]
     # on every seed, on the held-out answer loss, and both improve on the untrained target
     assert report["paired"]["match>mismatch"]["wins"] == 2
+    assert format_paired(report) == "Paired wins on test loss (same seed): match > mismatch in 2/2"
     for r in report["runs"]:
         assert r["heldout"]["loss"] < report["baseline"]["loss"]
         assert r["dataset"]["samples"] == 96
