@@ -10,22 +10,27 @@ class DataFileError(ValueError):
     """A data file that cannot be used; the message names the file (and line)."""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
+def _jsonl_values(path: Path):
+    """``(line number, parsed value)`` of every non-blank line; errors name ``file:line``."""
     if not path.exists():
         raise DataFileError(f"{path}: file not found")
-    rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    rows = []
+    for lineno, row in _jsonl_values(path):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -72,24 +77,15 @@ def load_chat_samples(path: str | Path) -> list[dict]:
     from .chat import ChatFormatError, validate_messages
 
     path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: file not found")
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-            row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
-            try:
-                validate_messages(row.get("messages"))
-            except ChatFormatError as err:
-                raise DataFileError(f"{path}:{lineno}: not a chat sample ({err})") from None
-            row["line"] = lineno
-            rows.append(row)
+    for lineno, obj in _jsonl_values(path):
+        row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+        try:
+            validate_messages(row.get("messages"))
+        except ChatFormatError as err:
+            raise DataFileError(f"{path}:{lineno}: not a chat sample ({err})") from None
+        row["line"] = lineno
+        rows.append(row)
     if not rows:
         raise DataFileError(f"{path}: no samples")
     return rows
