@@ -46,10 +46,10 @@ def cmd_train(argv):
     if summary.get("export_dir"):  # the main process
         print(format_summary(summary))
         if args.evaluate_config:
-            from .evaluate import cmd_evaluate
+            from .evaluate import cmd_evaluate, parse_sources
 
-            print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs "
-                  f"{', '.join(s.split('=', 1)[0] for s in args.evaluate_sources or []) or 'nothing'}", flush=True)
+            others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
+            print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
             cmd_evaluate(["--config", args.evaluate_config,
                           "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
                           "--output", str(Path(summary["output_dir"]) / "eval")])

@@ -127,9 +127,8 @@ class RubricRLArguments:
 
             if not Path(self.evaluate_config).is_file():
                 raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
-            if any(s.split("=", 1)[0] == "trained" for s in self.evaluate_sources or []):
+            if "trained" in parse_sources(self.evaluate_sources or []):
                 raise ValueError("evaluate_sources: the name 'trained' is the generator this run trains")
-            parse_sources(self.evaluate_sources or [])
         if self.reward_novelty_weight < 0:
             raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",

@@ -31,6 +31,7 @@ from pathlib import Path
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
 from .synth.grounding import supporting_sentence
+from .synth.verifiers import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ def completion_text(completion) -> str:
     if isinstance(completion, list):
         return "".join(m.get("content", "") for m in completion if isinstance(m, dict))
     return str(completion)
-
-
-def _question_answer(messages: list[dict]) -> tuple[str, str]:
-    """(everything before the last turn, the last turn) of a chat sample."""
-    return ("\n".join(str(m.get("content", "")) for m in messages[:-1]), str(messages[-1].get("content", "")))
 
 
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
@@ -186,7 +182,7 @@ class InfluenceReward:
                 rewards[i] = None
         # Novelty among the samples that got a reward from their influence (valid, finite): which passage
         # of the document each one is about, compared within its GRPO group (same document and prompt).
-        passages = [supporting_sentence(*_question_answer(samples[i]), documents[i])
+        passages = [supporting_sentence((c := Candidate(samples[i])).question, c.answer, documents[i])
                     if valid[i] and rewards[i] is not None else MISSING for i in range(n)]
         novelty = group_novelty(passages, [(str(doc_ids[i]), completion_text(prompts[i]) if prompts else "")
                                            for i in range(n)])

@@ -160,20 +160,9 @@ class TrakBasicProjector:
         return sketch / self.dim**0.5
 
 
-def trak_call_time(num_params: int, dim: int, rows: int = 16, block: int = 128, dtype=torch.float32) -> float:
-    """Seconds of one TRAK ``BasicProjector.project`` call on ``rows`` gradients (as LESS configures it on a
-    machine without fast_jl: block_size 128): per block, ``bernoulli_`` + affine to +-1, then a matmul."""
-    gen = torch.Generator().manual_seed(0)
-    mat = torch.empty(num_params, block, dtype=dtype)
-    x = torch.randn(rows, num_params, dtype=dtype)
-    sketch = torch.zeros(rows, dim, dtype=dtype)
+def _seconds(fn, *args) -> float:
     t0 = time.perf_counter()
-    for st in range(0, dim, block):
-        ed = min(dim, st + block)
-        mat.bernoulli_(p=0.5, generator=gen)
-        mat *= 2.0
-        mat -= 1.0
-        sketch[:, st:ed] = x @ mat[:, : ed - st]
+    fn(*args)
     return time.perf_counter() - t0
 
 
@@ -324,11 +313,9 @@ def main(argv=None) -> dict:
     trak_s = our_regen_s = None
     if "regen" in refs:  # one projection call of 16 rows: TRAK's own generation vs the stand-in used here
         pj = scorer.projector
-        trak_s = trak_call_time(pj.num_params, pj.dim)
-        x16 = torch.randn(16, pj.num_params)
-        t = time.perf_counter()
-        refs["regen"]()(x16)
-        our_regen_s = time.perf_counter() - t
+        x16 = torch.randn(16, pj.num_params, dtype=pj.dtype)
+        trak = TrakBasicProjector(pj.num_params, pj.dim, dtype=pj.dtype)
+        trak_s, our_regen_s = _seconds(trak.project, x16), _seconds(refs["regen"](), x16)
 
     out = {
         "model": a.model, "base_params_M": round(n_base / 1e6, 2), "lora_params": n_lora, "n": a.n,
