@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .data.prompts import DEFAULT_TASK
 
-REWARD_SCALINGS = ("none", "batch_minmax")
+REWARD_SCALINGS = ("running", "batch_minmax", "none")
 ALGORITHMS = ("grpo", "rloo")
 
 
@@ -53,6 +53,13 @@ class RubricRLArguments:
     document_text_field: str = field(default="text", metadata={"help": "Field of the document text."})
     task_description: str = field(
         default=DEFAULT_TASK, metadata={"help": "The target task, as the policy prompt states it."}
+    )
+    rubric_format: str = field(
+        default="json",
+        metadata={"help": "What the policy is asked to write: 'json' (OptimSyn's four-part JSON object) or 'list' "
+                          "(3-5 bulleted criteria with an example; for small instruct policies such as SmolLM2-135M, "
+                          "which write parseable JSON for ~1 prompt in 8 and a parseable list for ~3 in 8). The "
+                          "export records it, so the generator is used with the prompt it was trained on."},
     )
     max_document_chars: int = field(
         default=4000, metadata={"help": "Documents are cut to this many characters in the policy prompt."}
@@ -88,9 +95,21 @@ class RubricRLArguments:
                           "rejected sample."},
     )
     reward_if_scaling: str = field(
-        default="batch_minmax",
-        metadata={"help": "Scaling of influence before shaping: 'batch_minmax' maps the valid scores of each "
-                          "reward call (per process) to [0, 1], as OptimSyn's code does; 'none' uses raw scores."},
+        default="running",
+        metadata={"help": "Scaling s of influence before shaping. 'running' (default): sigmoid of the score "
+                          "standardised by the mean and std of a window of recent valid scores (this process, "
+                          "across groups and steps; reward_if_window), so s is in (0, 1) and a lone valid sample "
+                          "is scored by its own influence. 'batch_minmax': the valid scores of each reward call "
+                          "mapped to [0, 1] (OptimSyn's code; a lone valid sample always gets 0.5 and two close "
+                          "scores become 0 and 1). 'none': raw scores."},
+    )
+    reward_if_window: int = field(
+        default=256, metadata={"help": "Window (valid scores) of the 'running' influence scaling."}
+    )
+    reward_if_min_rel: float = field(
+        default=0.05,
+        metadata={"help": "'running' scaling: floor on the window's spread, as a share of its mean |score| (a "
+                          "window of near-identical scores must not turn noise into the full reward range)."},
     )
     reward_if_scale: float = field(
         default=1.0, metadata={"help": "Multiplier on the (scaled) influence score."}
@@ -107,17 +126,22 @@ class RubricRLArguments:
                           "(SPEC: rubrics JSON, exported generator folder, or 'none')."},
     )
     reward_novelty_weight: float = field(
-        default=2.0,
+        default=0.5,
         metadata={"help": "beta in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid). novelty = the share "
                           "of the other valid samples of the same GRPO group (same document and prompt) that are "
                           "about a different sentence of the document. Without it the generator collapses onto "
-                          "one question per document; on the quickstart 0.5 was too weak, 2.0 stopped the collapse "
-                          "(notes/evaluate.md). 0 turns it off."},
+                          "one question per document. Default 0.5: with 'running' scaling s(IF) spreads ~0.2 within "
+                          "a group, and a larger weight drowns it. The quickstart (batch_minmax) uses 2.0: there "
+                          "0.5 was too weak to stop the collapse (notes/evaluate.md). 0 turns it off."},
     )
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        from .rubric import RUBRIC_FORMATS
+
+        if self.rubric_format not in RUBRIC_FORMATS:
+            raise ValueError(f"rubric_format must be one of {RUBRIC_FORMATS}, got {self.rubric_format!r}")
         if self.reward_if_scaling not in REWARD_SCALINGS:
             raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
         if self.reward_invalid_penalty < 0:
@@ -129,6 +153,10 @@ class RubricRLArguments:
                 raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
             if "trained" in parse_sources(self.evaluate_sources or []):
                 raise ValueError("evaluate_sources: the name 'trained' is the generator this run trains")
+        if self.reward_if_window < 1:
+            raise ValueError(f"reward_if_window must be >= 1, got {self.reward_if_window!r}")
+        if self.reward_if_min_rel < 0:
+            raise ValueError(f"reward_if_min_rel must be >= 0, got {self.reward_if_min_rel!r}")
         if self.reward_novelty_weight < 0:
             raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",

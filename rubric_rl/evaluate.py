@@ -685,6 +685,9 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     report = build_report(cfg, teacher_cfg, influence_cfg, resolved, runs, baseline, target=target,
                           influence_dir=influence_dir,
                           choices_per_item=[len(it["choices"]) for it in test_items if is_mc_item(it)])
+    from .provenance import provenance
+
+    report.update(provenance())
     timing = {k: round(v, 3) for k, v in timing.items()}
     report["timing"] = timing
     report["plots"] = write_plots(report, resolved, out_dir)

@@ -166,6 +166,7 @@ def export_run(run_dir: str | Path, export_dir: str | Path, *, push_to_hub: str 
     gen_cfg.save_pretrained(str(export_dir))
     meta = {
         "task": rl["task_description"], "max_document_chars": rl["max_document_chars"],
+        "rubric_format": rl.get("rubric_format", "json"),
         "max_new_tokens": gen_cfg.max_new_tokens, "temperature": gen_cfg.temperature, "top_p": gen_cfg.top_p,
         "base_model": rl["policy_model_name_or_path"], "run_dir": str(run_dir.resolve()),
     }
@@ -177,7 +178,8 @@ def export_run(run_dir: str | Path, export_dir: str | Path, *, push_to_hub: str 
         docs = load_documents(rl["documents"], text_field=rl.get("document_text_field", "text"))[:num_examples]
         gen = RubricGenerator(model, tokenizer, task=meta["task"], max_document_chars=meta["max_document_chars"],
                               max_new_tokens=meta["max_new_tokens"], temperature=meta["temperature"],
-                              top_p=meta["top_p"], device="cpu" if not torch.cuda.is_available() else None)
+                              top_p=meta["top_p"], device="cpu" if not torch.cuda.is_available() else None,
+                              rubric_format=meta["rubric_format"])
         samples = list(zip([d["id"] for d in docs], gen.generate_raw([d["text"] for d in docs], seed=seed)))
     except Exception as err:  # the card is still written; the reason is in it and in the log
         logger.warning("could not sample rubrics for the model card: %s", err)

@@ -27,7 +27,8 @@ class GeneratedRubric:
 
 class RubricGenerator:
     def __init__(self, model, tokenizer, *, task: str = DEFAULT_TASK, max_document_chars: int = 4000,
-                 max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, device=None):
+                 max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, device=None,
+                 rubric_format: str = "json"):
         self.device = torch.device(device) if device else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
         self.model = model.to(self.device).eval()
@@ -35,6 +36,7 @@ class RubricGenerator:
         self.tokenizer.padding_side = "left"
         self.task, self.max_document_chars = task, max_document_chars
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.rubric_format = rubric_format
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device=None, trust_remote_code: bool = False, **overrides):
@@ -43,7 +45,8 @@ class RubricGenerator:
         path = Path(path)
         meta = json.loads((path / EXPORT_META).read_text()) if (path / EXPORT_META).exists() else {}
         model, tok = load_model_and_tokenizer(str(path), dtype="auto", trust_remote_code=trust_remote_code)
-        kwargs = {k: meta[k] for k in ("task", "max_document_chars", "max_new_tokens", "temperature", "top_p")
+        kwargs = {k: meta[k] for k in ("task", "max_document_chars", "max_new_tokens", "temperature", "top_p",
+                                       "rubric_format")
                   if k in meta}
         kwargs.update(overrides)
         return cls(model, tok, device=device, **kwargs)
@@ -54,7 +57,8 @@ class RubricGenerator:
         torch.manual_seed(seed)
         for start in range(0, len(documents), batch_size):
             chunk = documents[start:start + batch_size]
-            texts = [self.tokenizer.apply_chat_template(policy_messages(d, self.task, self.max_document_chars),
+            texts = [self.tokenizer.apply_chat_template(policy_messages(d, self.task, self.max_document_chars,
+                                                                        self.rubric_format),
                                                         tokenize=False, add_generation_prompt=True) for d in chunk]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             do_sample = self.temperature > 0
@@ -64,7 +68,7 @@ class RubricGenerator:
                                       pad_token_id=self.tokenizer.pad_token_id)
             for row in gen[:, enc["input_ids"].shape[1]:]:
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
-                rubric, reason = try_parse_rubric(text)
+                rubric, reason = try_parse_rubric(text, self.rubric_format)
                 out.append(GeneratedRubric(text, rubric, reason))
         return out
 

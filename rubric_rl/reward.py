@@ -2,7 +2,9 @@
 
 ``R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid)`` where ``valid`` means the rubric parsed
 and the teacher's sample passed every verifier, ``IF`` is the influence engine's score of the sample on the
-target, ``s`` is the configured scaling (batch min-max by default, as in OptimSyn's code), and ``novelty``
+target, ``s`` is the configured scaling (by default a sigmoid of the influence standardised over a running
+window of this process's recent scores, :class:`RunningScaler`; per-call min-max as in OptimSyn's code is
+an option), and ``novelty``
 is the share of the other valid samples of its GRPO group (same document and prompt) that are about a
 different sentence of the document. Influence is a per-sample score: it pays the best single question,
 and a policy paid only by it asks the same question of a document again and again (measured on the
@@ -49,25 +51,67 @@ def completion_text(completion) -> str:
     return str(completion)
 
 
+class RunningScaler:
+    """``running`` scaling of influence: ``s(x) = sigmoid((x - mean_W) / max(std_W, min_rel * mean|x|_W))``.
+
+    ``W`` is a window of the last ``window`` finite valid influences of this process (across GRPO groups
+    and steps; the current call's values are added first). Unlike a per-call min-max it gives a lone valid
+    sample a score from its own influence, never stretches two close values to 0 and 1, and keeps the
+    scale of one step comparable with the next; the sigmoid keeps every valid sample above an invalid one
+    (``s`` in (0, 1)). ``min_rel`` floors the spread relative to the typical magnitude, so that a window of
+    near-identical scores does not turn noise into a full-range reward.
+    """
+
+    def __init__(self, window: int = 256, min_rel: float = 0.05):
+        from collections import deque
+
+        self.values: deque[float] = deque(maxlen=window)
+        self.min_rel = min_rel
+
+    def __call__(self, xs: list[float]) -> list[float]:
+        self.values.extend(xs)
+        if not self.values:
+            return []
+        n = len(self.values)
+        mean = sum(self.values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / n)
+        floor = self.min_rel * sum(abs(v) for v in self.values) / n
+        scale = max(std, floor, 1e-30)
+        return [1 / (1 + math.exp(-max(-60.0, min(60.0, (x - mean) / scale)))) for x in xs]
+
+    def state_dict(self) -> dict:
+        return {"values": list(self.values)}
+
+
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
-                  scaling: str = "batch_minmax", scale: float = 1.0) -> list[float | None]:
+                  scaling: str = "running", scale: float = 1.0,
+                  scaler: RunningScaler | None = None) -> list[float | None]:
     """Reward shaping, separated from models so that it can be tested exactly.
 
     ``influences[i]`` is only read where ``valid[i]``; ``None`` or non-finite there gives ``None``.
+    ``scaling``: ``running`` (a :class:`RunningScaler`, the default; pass ``scaler`` to keep its window
+    across calls), ``batch_minmax`` (this call's valid scores mapped to [0, 1], OptimSyn's code; a lone
+    value gets 0.5), ``none`` (raw scores).
     """
-    finite = [x for x, ok in zip(influences, valid) if ok and x is not None and math.isfinite(x)]
-    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+    finite_idx = [i for i, (x, ok) in enumerate(zip(influences, valid)) if ok and x is not None and math.isfinite(x)]
+    finite = [influences[i] for i in finite_idx]
+    scaled: dict[int, float] = {}
+    if scaling == "running":
+        scaled = dict(zip(finite_idx, (scaler or RunningScaler())(finite)))
+    elif scaling == "batch_minmax":
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+        # A batch with a single distinct valid score carries no ranking information: midpoint.
+        scaled = {i: (influences[i] - lo) / (hi - lo) if hi > lo else 0.5 for i in finite_idx}
+    else:
+        scaled = {i: influences[i] for i in finite_idx}
     out: list[float | None] = []
-    for x, ok in zip(influences, valid, strict=True):
+    for i, ok in enumerate(valid):
         if not ok:
             out.append(-invalid_penalty)
-        elif x is None or not math.isfinite(x):
+        elif i not in scaled:
             out.append(None)
-        elif scaling == "batch_minmax":
-            # A batch with a single distinct valid score carries no ranking information: midpoint.
-            out.append(scale * ((x - lo) / (hi - lo) if hi > lo else 0.5))
         else:
-            out.append(scale * x)
+            out.append(scale * scaled[i])
     return out
 
 
@@ -109,16 +153,36 @@ class InfluenceReward:
     __name__ = "influence"  # TRL names reward columns after this
 
     def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
-                 scaling: str = "batch_minmax", scale: float = 1.0, novelty_weight: float = 0.0,
-                 log_path: str | Path | None = None):
+                 scaling: str = "running", scale: float = 1.0, novelty_weight: float = 0.0,
+                 log_path: str | Path | None = None, if_window: int = 256, if_min_rel: float = 0.05,
+                 rubric_format: str = "json"):
         self.synthesizer = synthesizer
         self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device
         self._scorer = None
         self.invalid_penalty, self.scaling, self.scale = invalid_penalty, scaling, scale
+        self.scaler = RunningScaler(window=if_window, min_rel=if_min_rel)
+        self.rubric_format = rubric_format
         self.novelty_weight = novelty_weight
         self.stats = RewardStats()
         self.log_path = Path(log_path) if log_path else None
         self.recent_influences: list[float] = []  # drained by the logging callback (histograms)
+
+    def restore_scaler_from_log(self) -> int:
+        """Refill the running-scaling window from this process's rollout log (after a resume trimmed it to
+        the checkpoint's step), so that the resumed run scales exactly as the uninterrupted one. Returns the
+        number of values read."""
+        self.scaler.values.clear()
+        if self.log_path is None or not self.log_path.exists():
+            return 0
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            x = row.get("influence")
+            if row.get("outcome") == "valid" and isinstance(x, int | float) and math.isfinite(x):
+                self.scaler.values.append(float(x))
+        return len(self.scaler.values)
 
     @property
     def scorer(self):
@@ -138,6 +202,9 @@ class InfluenceReward:
 
     def __call__(self, prompts, completions, completion_ids=None, *, document=None, doc_id=None,
                  trainer_state=None, log_extra=None, log_metric=None, **_):
+        import time
+
+        t0 = time.perf_counter()
         n = len(completions)
         documents = document or [""] * n
         doc_ids = doc_id or [""] * n
@@ -147,21 +214,25 @@ class InfluenceReward:
         reasons: list[str | None] = [None] * n
         rubrics = [None] * n
         for i, text in enumerate(texts):
-            rubrics[i], err = try_parse_rubric(text)
+            rubrics[i], err = try_parse_rubric(text, self.rubric_format)
             if err:
                 reasons[i] = f"rubric_{err}"
 
         todo = [i for i in range(n) if reasons[i] is None]
+        t_parse = time.perf_counter()
         outcomes = self.synthesizer.synthesize(
             [SynthItem(document=documents[i], rubric=rubrics[i], doc_id=str(doc_ids[i]), seed=(step or 0) * n + i)
              for i in todo]
         )
         samples: list[list[dict] | None] = [None] * n
+        teacher_texts: list[str | None] = [None] * n  # kept for every rollout: rejects can be diagnosed
         for i, out in zip(todo, outcomes, strict=True):
+            teacher_texts[i] = out.teacher_text
             if out.valid:
                 samples[i] = out.messages
             else:
                 reasons[i] = out.reason
+        t_synth = time.perf_counter()
 
         scored = [i for i in range(n) if samples[i] is not None]
         influences: list[float | None] = [None] * n
@@ -172,11 +243,12 @@ class InfluenceReward:
                     influences[i] = None
                     reasons[i] = f"influence_{res.reason or 'nonfinite'}"
 
+        t_influence = time.perf_counter()
         unscorable = [r is not None and (r.startswith(INFRA_TEACHER_ERRORS) or r.startswith("influence_"))
                       for r in reasons]
         valid = [samples[i] is not None and not unscorable[i] for i in range(n)]
         rewards = shape_rewards(influences, valid, invalid_penalty=self.invalid_penalty,
-                                scaling=self.scaling, scale=self.scale)
+                                scaling=self.scaling, scale=self.scale, scaler=self.scaler)
         for i in range(n):
             if unscorable[i]:
                 rewards[i] = None
@@ -202,6 +274,11 @@ class InfluenceReward:
         finite_if = [x for x in influences if x is not None]
         self.recent_influences.extend(finite_if)
         if log_metric is not None:
+            t_end = time.perf_counter()
+            log_metric("time/rubric_parse_s", t_parse - t0)
+            log_metric("time/teacher_and_verifiers_s", t_synth - t_parse)
+            log_metric("time/influence_s", t_influence - t_synth)
+            log_metric("time/reward_total_s", t_end - t0)
             log_metric("valid_rate", sum(valid) / n)
             log_metric("rubric_parse_rate", sum(r is not None for r in rubrics) / n)
             log_metric("unscorable_rate", n_none / n)
@@ -222,6 +299,7 @@ class InfluenceReward:
                     fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
                                          "outcome": reasons[i] or "valid", "influence": influences[i],
                                          "passage": passages[i] if passages[i] is not MISSING else None,
-                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i]},
+                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i],
+                                         "teacher_text": teacher_texts[i] if samples[i] is None else None},
                                         ensure_ascii=False) + "\n")
         return rewards

@@ -64,6 +64,10 @@ class Rubric:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
+    def to_list(self) -> str:
+        """The rubric in the ``list`` format: one "- " line per criterion."""
+        return "\n".join(f"- {item}" for items in self.sections().values() for item in items)
+
     @classmethod
     def from_dict(cls, data: dict) -> "Rubric":
         return _rubric_from_mapping(data)
@@ -199,10 +203,54 @@ def parse_rubric(completion: str) -> Rubric:
     raise RubricParseError("no_rubric_found", text[:80])
 
 
-def try_parse_rubric(completion: str) -> tuple[Rubric | None, str | None]:
-    """``(rubric, None)`` or ``(None, reason)``."""
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+\u2022]|\d+[.)])\s+(?P<item>\S.*)$")
+_QUESTION_WORDS = re.compile(r"\b(question|ask|prompt|quiz|options?|choices?)\b", re.IGNORECASE)
+_ANSWER_WORDS = re.compile(r"\b(answer|response|reason|explain|explanation|step|steps|letter)\b", re.IGNORECASE)
+LIST_MIN_ITEMS = 2
+LIST_MIN_WORDS = 3
+
+
+def parse_rubric_list(completion: str) -> Rubric:
+    """The ``list`` rubric format, for small instruct policies that cannot write JSON reliably: a bulleted or
+    numbered list of criteria. Each item goes to the part it talks about (question words: prompt-related;
+    answer words: response-related; both: alignment; neither: technical). A JSON or headed rubric is parsed
+    as by :func:`parse_rubric` first. At least ``LIST_MIN_ITEMS`` items of ``LIST_MIN_WORDS``+ words."""
     try:
-        return parse_rubric(completion), None
+        return parse_rubric(completion)
+    except RubricParseError:
+        pass
+    if not isinstance(completion, str):
+        raise RubricParseError("not_text", f"completion is {type(completion).__name__}")
+    text = THINK_BLOCK.sub("", completion).strip()
+    if not text:
+        raise RubricParseError("empty_completion")
+    out: dict[str, list[str]] = {name: [] for name in SECTIONS}
+    seen: set[str] = set()
+    for line in text.splitlines():
+        m = _LIST_ITEM.match(line)
+        if not m:
+            continue
+        item = " ".join(m.group("item").replace("**", "").split())[:MAX_ITEM_CHARS]
+        if len(item.split()) < LIST_MIN_WORDS or item.lower() in seen:
+            continue
+        seen.add(item.lower())
+        q, a = bool(_QUESTION_WORDS.search(item)), bool(_ANSWER_WORDS.search(item))
+        section = ("prompt_response_alignment" if q and a else "prompt_related" if q
+                   else "response_related" if a else "technical")
+        out[section].append(item)
+    rubric = Rubric(**{k: v[:MAX_ITEMS_PER_SECTION] for k, v in out.items()})
+    if rubric.num_items < LIST_MIN_ITEMS:
+        raise RubricParseError("too_few_items" if rubric.num_items else "no_rubric_found", text[:80])
+    return rubric
+
+
+RUBRIC_FORMATS = ("json", "list")
+
+
+def try_parse_rubric(completion: str, fmt: str = "json") -> tuple[Rubric | None, str | None]:
+    """``(rubric, None)`` or ``(None, reason)``; ``fmt`` is the format the policy was asked for."""
+    try:
+        return (parse_rubric_list(completion) if fmt == "list" else parse_rubric(completion)), None
     except RubricParseError as err:
         return None, err.reason
 
@@ -212,4 +260,14 @@ RUBRIC_FORMAT_INSTRUCTIONS = (
     'question should be like), "response_related" (what the answer should be like), '
     '"prompt_response_alignment" (how they must fit together and to the document), and "technical" '
     "(format and trainability)."
+)
+
+RUBRIC_LIST_INSTRUCTIONS = (
+    "Reply with 3 to 5 short instructions for the teacher, one per line, each starting with \"- \". Say what "
+    "the question should ask and what the answer should contain."
+)
+RUBRIC_LIST_EXAMPLE = (
+    "Example reply:\n- Ask a multiple-choice question about one fact in the document.\n"
+    "- Give four options with exactly one correct option.\n"
+    "- The answer reasons step by step and ends with the letter of the correct option."
 )

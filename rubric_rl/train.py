@@ -23,11 +23,14 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
+
+from .provenance import provenance
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ class MetricsJsonlCallback(TrainerCallback):
             _keep_lines(self.path, lambda step: step <= state.global_step)
         if self.reward is not None and self.reward.log_path is not None:
             _keep_lines(self.reward.log_path, lambda step: step < state.global_step)
+            self.reward.restore_scaler_from_log()  # a resumed run scales influence as the uninterrupted one
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or "reward" not in logs:
@@ -168,7 +172,8 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
             "epochs": args.policy_sft_epochs, "lr": args.policy_sft_learning_rate,
             "batch_size": args.policy_sft_batch_size, "max_documents": args.policy_sft_max_documents,
             "max_document_chars": args.max_document_chars, "seed": grpo_args.seed, "task": args.task_description,
-            "documents": args.documents}
+            "documents": args.documents, "rubric_format": args.rubric_format,
+            "lora": [args.policy_lora_r, args.policy_lora_alpha] if args.policy_use_peft else None}
     marker = target / "warmstart_args.json"
     if marker.exists() and json.loads(marker.read_text()) == spec:
         logger.info("reusing SFT warm start in %s", target)
@@ -177,8 +182,9 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
         raise ValueError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
     rubrics = load_rubric_file(args.seed_rubrics)
     rows = [
-        {"prompt": policy_messages(d["text"], args.task_description, args.max_document_chars),
-         "completion": [{"role": "assistant", "content": r.to_json()}]}
+        {"prompt": policy_messages(d["text"], args.task_description, args.max_document_chars, args.rubric_format),
+         "completion": [{"role": "assistant", "content": r.to_json() if args.rubric_format == "json"
+                         else r.to_list()}]}
         for d in documents[: args.policy_sft_max_documents] for r in rubrics
     ]
     sft_args = SFTConfig(
@@ -188,14 +194,19 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
         seed=grpo_args.seed, use_cpu=grpo_args.use_cpu, bf16=grpo_args.bf16, max_length=None,
         disable_tqdm=grpo_args.disable_tqdm, dataloader_num_workers=0,
     )
+    # With policy_use_peft the warm start is a LoRA fine-tune too (merged into the weights afterwards, so that
+    # GRPO starts its own adapter on top); without it, a full fine-tune.
     trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+                         processing_class=tokenizer, peft_config=_policy_peft_config(args))
     trainer.train()
-    trainer.save_model(str(target))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
+        model.save_pretrained(str(target))
+        tokenizer.save_pretrained(str(target))
         marker.write_text(json.dumps(spec, indent=1))
     trainer.accelerator.wait_for_everyone()
-    model = trainer.accelerator.unwrap_model(trainer.model)
     del trainer
     return model
 
@@ -227,7 +238,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         save_run_args(output_dir, rubric_rl=args, grpo=grpo_args, teacher=teacher_cfg, influence=influence_cfg)
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
-    dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars)
+    dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)
     logger.info("%d documents -> %d policy prompts", len(documents), len(dataset))
 
     tokenizer = load_tokenizer(args.policy_model_name_or_path, trust_remote_code=args.policy_trust_remote_code)
@@ -248,7 +259,15 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
         novelty_weight=args.reward_novelty_weight, log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
+        if_window=args.reward_if_window, if_min_rel=args.reward_if_min_rel, rubric_format=args.rubric_format,
     )
+    # Built now, announced, rather than inside the first GRPO step (RNG-neutral: see InfluenceReward.scorer).
+    t0 = time.perf_counter()
+    logger.info("== influence: loading the target %s with its warm-up checkpoints and validation gradients ==",
+                influence_cfg.target_model_name_or_path)
+    scorer = reward.scorer
+    logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
+                time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
     resume = _resume_arg(grpo_args.resume_from_checkpoint)
     if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
         if state.is_main_process:
@@ -267,7 +286,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes)}
+               "outcomes": dict(reward.stats.outcomes), **provenance()}
     if state.is_main_process:
         from .export import export_run
 

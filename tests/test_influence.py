@@ -124,6 +124,7 @@ def world(tmp_path_factory):
             warmup_learning_rate=2e-2, warmup_batch_size=8, warmup_lora_r=4, warmup_lora_alpha=8,
             warmup_lr_warmup_ratio=0.0, warmup_max_length=128,
             influence_validation_data=str(val), influence_proj_dim=0, influence_dtype="float64",
+            influence_estimator="less", influence_center=False,  # the reference's LESS form; centering tested below
             influence_batch_size=8, influence_max_length=128,
         )
         run_dir = base / "run"
@@ -348,7 +349,7 @@ def test_adam_direction_equals_a_real_adam_step(world):
 
 
 def reference_scores(world, samples, *, estimator="less", direction="adam", proj=None, val_path=None,
-                     subtask_field="subtask"):
+                     subtask_field="subtask", center=False):
     """Unbatched float64 reference of the whole score, computed independently of the engine."""
     run_dir = world["run_dir"]
     ckpts = sorted((run_dir / "warmup").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -373,6 +374,12 @@ def reference_scores(world, samples, *, estimator="less", direction="adam", proj
                 gamma = m1 / torch.sqrt(v1 + eps)
             else:
                 gamma = g
+            if center and direction != "sgd":  # minus the step on a zero gradient (momentum alone)
+                m0, v0 = b1 * m, b2 * v
+                if direction == "adam":
+                    gamma = gamma - (m0 / (1 - b1 ** (step + 1))) / (torch.sqrt(v0 / (1 - b2 ** (step + 1))) + eps)
+                else:
+                    gamma = gamma - m0 / torch.sqrt(v0 + eps)
             rows.append(gamma)
         gz = torch.stack(rows)
         a, b = (gz @ proj, gv @ proj) if proj is not None else (gz, gv)
@@ -387,14 +394,31 @@ def reference_scores(world, samples, *, estimator="less", direction="adam", proj
     return out
 
 
-@pytest.mark.parametrize("estimator,direction", [("less", "adam"), ("dot", "adam"), ("less", "adam_less"),
-                                                 ("dot", "sgd")])
-def test_score_equals_unbatched_reference(world, estimator, direction):
+@pytest.mark.parametrize("estimator,direction,center", [
+    ("less", "adam", False), ("dot", "adam", False), ("less", "adam_less", False), ("dot", "sgd", False),
+    ("less", "adam", True), ("dot", "adam", True), ("less", "adam_less", True)])
+def test_score_equals_unbatched_reference(world, estimator, direction, center):
     samples = make_samples(7, 21)
-    scorer = build_scorer(world, influence_estimator=estimator, influence_direction=direction)
+    scorer = build_scorer(world, influence_estimator=estimator, influence_direction=direction,
+                          influence_center=center)
     got = torch.tensor([r.value for r in scorer.score([s["messages"] for s in samples])], dtype=torch.float64)
-    ref = reference_scores(world, samples, estimator=estimator, direction=direction)
+    ref = reference_scores(world, samples, estimator=estimator, direction=direction, center=center)
     torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-12)
+
+
+def test_centering_shifts_exact_dot_scores_by_one_constant(world):
+    """Without projection, `dot` of a centred direction = `dot` minus <mean val grad, zero-gradient step>:
+    the same constant for every sample (so no ranking changes), and it is not zero."""
+    msgs = [s["messages"] for s in make_samples(9, 25)]
+    common = dict(influence_estimator="dot", influence_checkpoints=["last"],
+                  influence_validation_data=str(world["val_flat"]))
+    plain = torch.tensor([r.value for r in build_scorer(world, influence_center=False, **common).score(msgs)],
+                         dtype=torch.float64)
+    centred = torch.tensor([r.value for r in build_scorer(world, influence_center=True, **common).score(msgs)],
+                           dtype=torch.float64)
+    shift = plain - centred
+    torch.testing.assert_close(shift, shift.mean().expand_as(shift), rtol=0, atol=1e-10)
+    assert abs(float(shift.mean())) > 1e-6
 
 
 def test_projected_score_equals_dense_projected_reference(world):

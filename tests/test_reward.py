@@ -4,7 +4,7 @@ import math
 import pytest
 
 from rubric_rl.data.documents import load_documents
-from rubric_rl.reward import InfluenceReward, group_novelty, shape_rewards
+from rubric_rl.reward import InfluenceReward, RunningScaler, group_novelty, shape_rewards
 from rubric_rl.synth.engine import SampleSynthesizer
 from rubric_rl.teachers.base import TeacherResult
 from rubric_rl.teachers.template import TemplateTeacher
@@ -25,6 +25,52 @@ def test_shaping_batch_minmax():
     # a single distinct valid value carries no ranking: midpoint, not 0
     assert shape_rewards([0.7, 0.7], [True, True], invalid_penalty=0.1)[0] == pytest.approx(0.5)
     assert shape_rewards([], [], invalid_penalty=0.1) == []
+
+
+def test_running_scaling_scores_a_lone_sample_by_its_influence():
+    """batch_minmax gives a group's only valid sample 0.5 whatever its influence; running scaling compares
+    it with the window of earlier scores."""
+    scaler = RunningScaler(window=64)
+    shape_rewards([1.0, 2.0, 3.0, 4.0], [True] * 4, invalid_penalty=0.1, scaler=scaler)  # history
+    hi = shape_rewards([4.5, None], [True, False], invalid_penalty=0.1, scaler=scaler)[0]
+    lo = shape_rewards([0.5, None], [True, False], invalid_penalty=0.1, scaler=scaler)[0]
+    assert hi > 0.7 and lo < 0.3, (hi, lo)
+    # the old behaviour, for contrast
+    assert shape_rewards([4.5, None], [True, False], invalid_penalty=0.1, scaling="batch_minmax")[0] == 0.5
+
+
+def test_running_scaling_does_not_stretch_two_close_values():
+    scaler = RunningScaler(window=64)
+    shape_rewards([0.0, 1.0, 2.0, 3.0, 4.0], [True] * 5, invalid_penalty=0.1, scaler=scaler)
+    a, b = shape_rewards([2.0, 2.01], [True, True], invalid_penalty=0.1, scaler=scaler)
+    assert 0.4 < a < b < 0.6  # batch_minmax would make them 0 and 1
+    assert shape_rewards([2.0, 2.01], [True, True], invalid_penalty=0.1, scaling="batch_minmax") == [0.0, 1.0]
+
+
+def test_running_scaling_keeps_valid_above_invalid_and_floors_the_spread():
+    scaler = RunningScaler(window=8, min_rel=0.05)
+    out = shape_rewards([-1e9, 5.0, None], [True, True, False], invalid_penalty=0.1, scaler=scaler)
+    assert 0 <= out[0] < out[1] < 1 and out[2] == -0.1
+    # identical scores up to noise 1e-9: the floor (5% of |mean|) keeps them near the midpoint
+    flat = RunningScaler(window=8, min_rel=0.05)
+    x = flat([1.0, 1.0 + 1e-9, 1.0 - 1e-9])
+    assert all(abs(v - 0.5) < 1e-6 for v in x)
+    # the window forgets: only the last `window` values count
+    w = RunningScaler(window=2)
+    w([100.0, 200.0])
+    w([0.0, 1.0])
+    assert list(w.values) == [0.0, 1.0]
+
+
+def test_reward_restores_the_running_window_from_its_rollout_log(tmp_path):
+    log = tmp_path / "rollouts.jsonl"
+    rows = [{"step": 0, "outcome": "valid", "influence": 1.0}, {"step": 0, "outcome": "ungrounded", "influence": None},
+            {"step": 1, "outcome": "valid", "influence": 3.0}, {"step": 1, "outcome": "valid", "influence": None}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward = InfluenceReward(None, None, log_path=log)
+    reward.scaler.values.extend([9.0, 9.0])
+    assert reward.restore_scaler_from_log() == 2
+    assert list(reward.scaler.values) == [1.0, 3.0]
 
 
 class FakeResult:

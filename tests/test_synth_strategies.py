@@ -116,3 +116,10 @@ def test_failed_queries_count_too(world):
     assert [o.reason for o in outs] == ["teacher_http_503"] * 3 + ["teacher_budget_exhausted"] * 2
     assert synth.queries_spent == 3
     assert json.dumps(synth.counts)
+
+
+def test_parse_accepts_the_answer_label_small_models_write():
+    from rubric_rl.synth.parse import parse_sample
+
+    msgs, reason = parse_sample("Question: Which condition is Belmozaline used to treat?\nThe answer: migraine.")
+    assert reason is None and msgs[1]["content"] == "migraine."

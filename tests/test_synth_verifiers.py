@@ -220,3 +220,21 @@ def test_eval_items_must_be_chat(tmp_path):
     p.write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(ValueError, match="messages"):
         load_eval_items([p])
+
+
+def test_degenerate_samples_small_teachers_write_are_rejected():
+    from rubric_rl.synth.verifiers import Candidate, NonTrivialVerifier, degenerate_reason
+
+    v = NonTrivialVerifier()
+    looped = "Is Belmozaline used to treat migraine? Belmozaline is used to treat migraine. " \
+             "Belmozaline is used to treat migraine. Belmozaline is used to treat migraine."
+    assert v(Candidate([{"role": "user", "content": looped}, {"role": "assistant", "content": "The answer is yes."}])) \
+        == "repeated_statement"
+    assert degenerate_reason("What is the difference between Belmozaline vs Belmozaline?") == "self_comparison"
+    assert degenerate_reason(" ".join(["the dose the dose the"] * 10)) == "repetitive"
+    # real samples pass: an MC question with options, a step-by-step answer
+    q = ("Which condition is Belmozaline used to treat?\nOptions:\n(A) major depression\n(B) migraine\n"
+         "(C) high cholesterol\n(D) heart failure")
+    a = "Let's think step by step. Belmozaline is used to treat migraine. This matches option (B). The answer is (B)."
+    assert degenerate_reason(q) is None and degenerate_reason(a) is None
+    assert degenerate_reason("Is Belmozaline or Ritenlol used to treat migraine?") is None

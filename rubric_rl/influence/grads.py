@@ -45,15 +45,23 @@ class Direction:
     ``sgd``: g. ``adam``: one torch.optim.Adam step from the saved moments (m, v, step t):
     m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2, Gamma = (m'/(1-b1^(t+1))) / (sqrt(v'/(1-b2^(t+1))) + eps).
     ``adam_less``: as the LESS code, Gamma = m' / sqrt(v' + eps) (no bias correction, eps inside the root).
+
+    ``center``: subtract Gamma(0), the step the optimizer would take on a zero gradient (momentum alone).
+    That part is the same for every sample; on a real target it is as large as a sample's own part (norm
+    ratio ~1 on SmolLM2-135M), so it swamps cosines and projections. For the ``dot`` estimator without
+    projection it shifts every score by the same constant and changes no ranking.
     """
 
-    def __init__(self, kind: str, states: dict | None = None, *, device=None, dtype=torch.float32):
+    def __init__(self, kind: str, states: dict | None = None, *, device=None, dtype=torch.float32,
+                 center: bool = False):
         if kind not in ("sgd", "adam", "adam_less"):
             raise ValueError(f"unknown direction {kind!r}")
         if kind != "sgd" and not states:
             raise ValueError(f"direction {kind!r} needs the saved Adam states")
         self.kind = kind
+        self.center = center and kind != "sgd"  # the zero gradient's SGD step is zero
         self._per_param = {}
+        self._zero_step = {}
         for name, st in (states or {}).items():
             t = st.step + 1
             self._per_param[name] = (
@@ -62,16 +70,23 @@ class Direction:
                 1 - st.beta1, 1 - st.beta2, st.eps,
                 1 - st.beta1**t, 1 - st.beta2**t,
             )
+            if self.center:
+                zero = torch.zeros(1, st.exp_avg.numel(), device=device, dtype=dtype)
+                self._zero_step[name] = self._step(name, zero)[0]
 
-    def __call__(self, name: str, g: torch.Tensor) -> torch.Tensor:
-        if self.kind == "sgd":
-            return g
+    def _step(self, name: str, g: torch.Tensor) -> torch.Tensor:
         b1m, b2v, one_b1, one_b2, eps, bc1, bc2 = self._per_param[name]
         v = torch.addcmul(b2v, g, g, value=one_b2)  # v' = b2 v + (1-b2) g^2
         m = g.mul_(one_b1).add_(b1m)  # m' (in place on g)
         if self.kind == "adam":
             return m.div_(v.div_(bc2).sqrt_().add_(eps)).div_(bc1)
         return m.div_(v.add_(eps).sqrt_())
+
+    def __call__(self, name: str, g: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sgd":
+            return g
+        gamma = self._step(name, g)
+        return gamma.sub_(self._zero_step[name]) if self.center else gamma
 
 
 @dataclass

@@ -41,7 +41,7 @@ from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup
 logger = logging.getLogger(__name__)
 
 CACHE_DIRNAME = "influence_cache"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-subtask sums [S, D] (format 1 kept [n_val, D])
 
 # Reason codes of unscorable samples.
 BAD_FORMAT = "bad_format"
@@ -129,7 +129,7 @@ class InfluenceScorer:
         self.dim = projector.dim if projector is not None else self.engine.num_params
         self._directions = [
             Direction(cfg.influence_direction, None if cfg.influence_direction == "sgd" else c.adam,
-                      device=self.device, dtype=self.dtype)
+                      device=self.device, dtype=self.dtype, center=cfg.influence_center)
             for c in checkpoints
         ]
         lrs = [c.learning_rate for c in checkpoints]
@@ -138,9 +138,15 @@ class InfluenceScorer:
             self.weights = [lr / total for lr in lrs] if total > 0 else [1 / len(lrs)] * len(lrs)
         else:
             self.weights = list(lrs)
-        self._val: list[torch.Tensor] = []  # per checkpoint [n_val, D] (normalised rows for less)
-        self._agg: torch.Tensor | None = None  # [n_val, S] subtask-mean matrix
+        # Per checkpoint [S, D]: the mean validation direction of each subtask (of unit rows for less).
+        # Aggregation is a mean within a subtask, so <z, mean_v g_v> = mean_v <z, g_v>: no [n_val, D] matrix.
+        self._val: list[torch.Tensor] = []
         self.subtasks: list[str] = []
+        if projector is not None and projector.dim < 8192 and self.engine.num_params > 100 * projector.dim:
+            logger.warning(
+                "influence_proj_dim=%d for %d trainable parameters: the projection adds noise of ~%.3f in cosine "
+                "units, more than the spread of most scores; influence_proj_dim: 0 is exact (and cheaper here)",
+                projector.dim, self.engine.num_params, 1 / math.sqrt(projector.dim))
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -224,100 +230,96 @@ class InfluenceScorer:
         }
 
     def load_validation(self, path: str | Path, *, cache_dir: str | Path | None = None) -> None:
-        """Validation gradient features per checkpoint: loaded from ``cache_dir`` if made with the same
-        arguments, else computed and saved there."""
+        """Mean validation directions per subtask and checkpoint: loaded from ``cache_dir`` if made with the
+        same arguments, else computed and saved there.
+
+        Validation examples without assistant tokens are left out everywhere; one whose gradient is not
+        finite at a checkpoint is left out at that checkpoint (both are counted in a warning).
+        """
         from safetensors.torch import load_file, save_file
 
         path = Path(path)
         field = self.cfg.influence_subtask_field
         rows = load_chat_samples(path)
-        self._val, self._raw_val = [], []
-        subtasks_ref = None
+        names = sorted({str(r.get(field)) if r.get(field) is not None else "" for r in rows})
+        self._val = []
         for i, ckpt in enumerate(self.checkpoints):
             args = self._cache_arguments(path, ckpt)
-            folder = None
-            feats = valid = None
+            folder = sums = None
             if cache_dir is not None:
                 folder = Path(cache_dir) / f"val-{ckpt.name}-{_hash_json(args)[:16]}"
                 args_file, tensor_file = folder / "arguments.json", folder / "val_grads.safetensors"
                 if args_file.exists() and tensor_file.exists():
                     saved = json.loads(args_file.read_text())
-                    if saved.get("arguments") == args:
-                        t = load_file(str(tensor_file))
-                        feats, valid = t["features"].to(self.device, self.dtype), t["valid"].bool().to(self.device)
-                        subtasks = saved["subtasks"]
+                    if saved.get("arguments") == args and saved.get("subtasks") == names:
+                        sums = {k: v.to(self.device, self.dtype) for k, v in load_file(str(tensor_file)).items()}
                         self.cache_hits += 1
-            if feats is None:
-                feats, valid, subtasks = self._compute_validation(rows, i, field)
+            if sums is None:
+                sums = self._compute_validation(rows, i, field, names)
                 self.cache_misses += 1
                 if folder is not None:
                     folder.mkdir(parents=True, exist_ok=True)
                     tmp = folder / f"val_grads.safetensors.tmp{os.getpid()}"
-                    save_file({"features": feats.contiguous().cpu(), "valid": valid.to(torch.uint8).cpu()},
-                              str(tmp), metadata={"arguments": json.dumps(args, sort_keys=True)})
+                    save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp),
+                              metadata={"arguments": json.dumps(args, sort_keys=True)})
                     tmp.replace(folder / "val_grads.safetensors")
                     tmp = folder / f"arguments.json.tmp{os.getpid()}"
                     tmp.write_text(json.dumps({"arguments": args, "validation_data": str(path),
-                                               "subtasks": subtasks}, indent=1))
+                                               "subtasks": names}, indent=1))
                     tmp.replace(folder / "arguments.json")
-            if subtasks_ref is None:
-                subtasks_ref = subtasks
-            self._raw_val.append((feats, valid))
-        # Aggregation over validation examples valid at every checkpoint.
-        valid_all = torch.stack([v for _, v in self._raw_val]).all(0)
-        n_bad = int((~valid_all).sum())
-        if n_bad:
-            logger.warning("%s: %d validation example(s) have no assistant tokens or a non-finite gradient; ignored",
-                           path, n_bad)
-        if not bool(valid_all.any()):
-            raise ValueError(f"{path}: no validation example could be used (no assistant tokens / non-finite gradients)")
-        keep = valid_all.nonzero().squeeze(1)
-        kept_subtasks = [subtasks_ref[j] for j in keep.tolist()]
-        names = sorted(set(kept_subtasks))
-        agg = torch.zeros(len(keep), len(names), dtype=self.dtype, device=self.device)
-        for j, s in enumerate(kept_subtasks):
-            agg[j, names.index(s)] = 1.0
-        self._agg = agg / agg.sum(0, keepdim=True)
-        self.subtasks = names
-        for feats, _ in self._raw_val:
-            f = feats[keep]
-            if self.cfg.influence_estimator == "less":
-                f = f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
-            self._val.append(f)
-        del self._raw_val
+            counts = sums["count"]
+            n_bad = len(rows) - int(counts.sum())
+            if n_bad:
+                logger.warning("%s: %d validation example(s) have no assistant tokens or a non-finite gradient at "
+                               "%s; left out there", path, n_bad, ckpt.name)
+            if not bool((counts > 0).any()):
+                raise ValueError(f"{path}: no validation example could be used (no assistant tokens / non-finite "
+                                 "gradients)")
+            key = "sum_unit" if self.cfg.influence_estimator == "less" else "sum"
+            keep = counts > 0  # a subtask with no usable example takes no part in the max
+            self._val.append(sums[key][keep] / counts[keep].unsqueeze(1))
+            kept = [n for n, k in zip(names, keep.tolist()) if k]
+            if self.subtasks and kept != self.subtasks:
+                raise ValueError(f"{path}: subtasks {sorted(set(self.subtasks) ^ set(kept))} have no usable "
+                                 f"example at some checkpoints")
+            self.subtasks = kept
 
-    def _compute_validation(self, rows: list[dict], i: int, field: str):
-        n = len(rows)
-        feats = torch.zeros(n, self.dim, dtype=self.dtype, device=self.device)
-        valid = torch.zeros(n, dtype=torch.bool, device=self.device)
-        subtasks = [str(r.get(field, "")) if r.get(field) is not None else "" for r in rows]
+    def _compute_validation(self, rows: list[dict], i: int, field: str, names: list[str]) -> dict:
+        """Per-subtask sums of validation gradient features (raw and unit-normalised rows) and counts."""
+        index = {n: k for k, n in enumerate(names)}
+        sums = torch.zeros(len(names), self.dim, dtype=self.dtype, device=self.device)
+        sums_unit = torch.zeros_like(sums)
+        counts = torch.zeros(len(names), dtype=self.dtype, device=self.device)
         chats = []
-        for j, r in enumerate(rows):
+        for r in rows:
             chat, reason = self._tokenize(r["messages"], self.cfg.influence_max_length)
             if reason is None:
-                chats.append((j, chat))
+                chats.append((index[str(r.get(field)) if r.get(field) is not None else ""], chat))
         self._use_checkpoint(i)
         sgd = Direction("sgd")
         bar = _tqdm(len(chats), f"validation gradients ({self.checkpoints[i].name})", self.progress)
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
         def flush():
-            for idx, f in zip((p[0] for p in pending), self._project([p[1] for p in pending])):
-                feats[idx] = f
+            projected = self._project([p[2] for p in pending])
+            for (sub, ok, _), f in zip(pending, projected):
+                f, sub = f[ok], sub[ok]
+                sums.index_add_(0, sub, f)
+                sums_unit.index_add_(0, sub, f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny))
+                counts.index_add_(0, sub, torch.ones(len(sub), dtype=self.dtype, device=self.device))
             pending.clear()
 
         with self._grad_context():
             for batch in self._batches(chats):
                 out = self.engine.features([c for _, c in batch], sgd)
-                idx = torch.tensor([j for j, _ in batch], device=self.device)
-                valid[idx] = out.finite
-                pending.append((idx, out.features))
+                sub = torch.tensor([k for k, _ in batch], device=self.device)
+                pending.append((sub, out.finite, out.features))
                 if sum(len(p[0]) for p in pending) >= self._buffer_rows:
                     flush()
                 bar.update(len(batch))
             flush()
         bar.close()
-        return feats, valid, subtasks
+        return {"sum": sums, "sum_unit": sums_unit, "count": counts}
 
     def _project(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
         """Project engine outputs that are not projected yet (one pass over the projection for all rows)."""
@@ -339,11 +341,10 @@ class InfluenceScorer:
     # -- scoring ------------------------------------------------------------------------------------
     def _similarity(self, i: int, feats: torch.Tensor) -> torch.Tensor:
         """[N] aggregated similarity of the batch's features to checkpoint i's validation features."""
-        val = self._val[i]
+        sims = feats @ self._val[i].T  # [N, S]: mean over each subtask's validation examples
         if self.cfg.influence_estimator == "less":
-            feats = feats / feats.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
-        sims = feats @ val.T  # [N, n_val]
-        return (sims @ self._agg).max(dim=1).values  # mean within subtask, max across subtasks
+            sims = sims / feats.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).tiny)
+        return sims.max(dim=1).values  # max across subtasks
 
     def score(self, samples: Sequence[list[dict]]) -> list[InfluenceResult]:
         """One :class:`InfluenceResult` per sample (a message list), same order. Unscorable samples get

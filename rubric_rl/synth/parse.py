@@ -14,7 +14,7 @@ from ..rubric import THINK_BLOCK
 
 _QA = re.compile(
     r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:question|prompt|q)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<q>.*?)"
-    r"\n\s*(?:#+\s*|\*\*)?(?:answer|response|a)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<a>.*)$",
+    r"\n\s*(?:#+\s*|\*\*)?(?:the\s+)?(?:answer|response|a)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(?P<a>.*)$",
     re.DOTALL | re.IGNORECASE,
 )
 
@@ -65,7 +65,7 @@ def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}], None
 
 
-_ANSWER_LABEL = re.compile(r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:answer|response)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
+_ANSWER_LABEL = re.compile(r"(?:^|\n)\s*(?:#+\s*|\*\*)?(?:the\s+)?(?:answer|response)\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*",
                            re.IGNORECASE)
 
 

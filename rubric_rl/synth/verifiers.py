@@ -76,7 +76,28 @@ class NonTrivialVerifier:
             return "question_copies_document"
         if _REFUSAL.match(c.answer.strip()) or _REFUSAL.match(c.question.strip()):
             return "refusal"
-        return None
+        return degenerate_reason(c.question) or degenerate_reason(c.answer)
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+")
+_SELF_COMPARISON = re.compile(r"\b(\w[\w -]{2,40}?)\s+(?:vs\.?|versus|or|and|compared (?:to|with))\s+\1\b",
+                              re.IGNORECASE)
+
+
+def degenerate_reason(text: str) -> str | None:
+    """What small teachers write when they loop: a statement repeated (``repeated_statement``), a thing
+    compared with itself (``self_comparison``: "X vs X"), or a long text of few distinct words
+    (``repetitive``)."""
+    sentences = [_norm(s) for s in _SENTENCE.findall(text)]
+    sentences = [s for s in sentences if len(s.split()) >= 3]
+    if len(sentences) != len(set(sentences)):
+        return "repeated_statement"
+    if _SELF_COMPARISON.search(text):
+        return "self_comparison"
+    words = _norm(text).split()
+    if len(words) >= 24 and len(set(words)) / len(words) < 0.35:
+        return "repetitive"
+    return None
 
 
 _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|answer|assist|provide|write)|"

@@ -1,0 +1,147 @@
+"""Does the influence estimator rank samples the way training on them actually helps? Two checks.
+
+* **Related vs unrelated** (a smoke test of direction): samples of the target task should score above
+  off-domain ones; reported as the AUC (probability that a random related sample outscores a random
+  unrelated one).
+* **First order** (the ground truth the estimator approximates): at a warm-up checkpoint, take one real
+  ``torch.optim.Adam`` step on each candidate alone, from a copy of the saved optimizer state, and measure
+  how much the validation loss fell (mean within a subtask, max across subtasks, as the estimator
+  aggregates). For a small learning rate this is ``lr * <g_val, Gamma(z)>``; the estimator must rank the
+  candidates the same way (Spearman).
+
+``scripts/check_influence.py`` runs both for a config, on several estimator settings, and writes a JSON
+report. The Adam step here is torch's own implementation, not the engine's ``Direction``: the check is
+independent of the code it checks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..data.chat import IGNORE_INDEX, tokenize_chat
+
+
+def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
+    """P(a random ``pos`` value > a random ``neg`` value), ties counted half (Mann-Whitney U / (n m))."""
+    if not pos or not neg:
+        raise ValueError("auc needs at least one value on each side")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _ranks(x: Sequence[float]) -> list[float]:
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    r = [0.0] * len(x)
+    i = 0
+    while i < len(order):  # average ranks of ties
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2
+        i = j + 1
+    return r
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("pearson needs two sequences of the same length >= 2")
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    da, db = [x - ma for x in a], [y - mb for y in b]
+    den = math.sqrt(sum(x * x for x in da) * sum(y * y for y in db))
+    return sum(x * y for x, y in zip(da, db)) / den if den > 0 else float("nan")
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    return pearson(_ranks(a), _ranks(b))
+
+
+@torch.no_grad()
+def _losses(model, chats, pad_token_id: int, device, batch_size: int = 8) -> list[float]:
+    """Mean assistant-token cross-entropy of each chat (right padding, float32 or better)."""
+    out = []
+    for k in range(0, len(chats), batch_size):
+        batch = chats[k:k + batch_size]
+        t = max(len(c.input_ids) for c in batch)
+        ids = torch.full((len(batch), t), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), t), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), t), dtype=torch.long)
+        for i, c in enumerate(batch):
+            ids[i, :len(c.input_ids)] = torch.as_tensor(c.input_ids)
+            labels[i, :len(c.labels)] = torch.as_tensor(c.labels)
+            mask[i, :len(c.input_ids)] = 1
+        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        tgt = labels[:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt.clamp_min(0), reduction="none")
+        keep = (tgt != IGNORE_INDEX).to(ce.dtype)
+        out.extend(((ce * keep).sum(1) / keep.sum(1)).tolist())
+    return out
+
+
+def aggregate(losses: Sequence[float], subtasks: Sequence[str]) -> dict[str, float]:
+    groups: dict[str, list[float]] = {}
+    for x, s in zip(losses, subtasks):
+        groups.setdefault(s, []).append(x)
+    return {s: sum(v) / len(v) for s, v in groups.items()}
+
+
+def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dict]], validation: Sequence[dict], *,
+                     lr: float, max_length: int = 1024, subtask_field: str = "subtask", device="cpu",
+                     progress: bool = False) -> dict:
+    """Validation-loss decrease after one real Adam step on each candidate alone, at ``checkpoint``.
+
+    ``model`` is the peft model; its trainable parameters are set to the checkpoint's adapter weights and
+    restored after every trial. Returns ``{"max_subtask": [...], "mean": [...], "base_loss": float}``: the
+    decrease of the max-over-subtasks of the per-subtask mean loss decrease (the estimator's aggregation)
+    and of the plain mean loss, one entry per candidate, larger = more helpful.
+    """
+    from peft import set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    set_peft_model_state_dict(model, checkpoint.adapter_weights)
+    model.eval()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    saved = {n: p.detach().clone() for n, p in params}
+    pad = tokenizer.pad_token_id
+    val_chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation]
+    subtasks = [str(r.get(subtask_field, "")) if r.get(subtask_field) is not None else "" for r in validation]
+    base = _losses(model, val_chats, pad, device)
+    base_sub = aggregate(base, subtasks)
+    out = {"max_subtask": [], "mean": [], "base_loss": sum(base) / len(base)}
+    bar = tqdm(candidates, desc=f"real Adam steps ({checkpoint.name})", disable=not progress, unit="sample")
+    for messages in bar:
+        chat = tokenize_chat(tokenizer, messages, max_length)
+        groups = {}
+        for n, p in params:
+            st = checkpoint.adam[n]
+            groups.setdefault((st.beta1, st.beta2, st.eps), []).append((p, st))
+        opt = torch.optim.Adam([{"params": [p for p, _ in v], "betas": (b1, b2), "eps": eps}
+                                for (b1, b2, eps), v in groups.items()], lr=lr)
+        for v in groups.values():
+            for p, st in v:  # fresh copies: the saved moments must survive every trial
+                opt.state[p] = {"step": torch.tensor(float(st.step)),
+                                "exp_avg": st.exp_avg.to(p.device, p.dtype).clone(),
+                                "exp_avg_sq": st.exp_avg_sq.to(p.device, p.dtype).clone()}
+        with torch.enable_grad():
+            ids = torch.tensor([chat.input_ids], device=device)
+            labels = torch.tensor([chat.labels], device=device)
+            logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+        after = _losses(model, val_chats, pad, device)
+        after_sub = aggregate(after, subtasks)
+        out["max_subtask"].append(max(base_sub[s] - after_sub[s] for s in base_sub))
+        out["mean"].append(sum(base) / len(base) - sum(after) / len(after))
+        with torch.no_grad():
+            for n, p in params:
+                p.copy_(saved[n])
+    return out
