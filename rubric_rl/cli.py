@@ -23,7 +23,7 @@ commands:
   evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
 
 Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
-A user error is one line on stderr and exit status 2; --debug (or
+A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
 RUBRIC_RL_DEBUG=1) shows the traceback instead.
 """
 
@@ -110,7 +110,7 @@ def cmd_score(argv):
 
 def cmd_synthesize(argv):
     from .config import SynthArguments, parse_config
-    from .synth.commands import SynthConfig, synthesize
+    from .synth.commands import SynthConfig, nothing_accepted_message, synthesize
     from .teachers.config import TeacherConfig
 
     sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
@@ -123,6 +123,12 @@ def cmd_synthesize(argv):
     summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
                          output=sa.output, num_samples=sa.num_samples)
     print(json.dumps(summary, indent=1, default=str))
+    message = nothing_accepted_message(summary)
+    if message:
+        from .errors import EXIT_NOTHING_PRODUCED
+
+        print(f"rubric-rl synthesize: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_NOTHING_PRODUCED)
 
 
 def cmd_serve_teacher(argv):
@@ -171,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(name: str, command, argv: list[str]) -> None:
     """Run one subcommand; user errors and an unavailable teacher become one line on stderr and an exit code
-    (2: user error), unless --debug / RUBRIC_RL_DEBUG=1."""
-    from .errors import EXIT_USER_ERROR, UserError, debug_enabled, one_line
+    (2: user error, 3: teacher unavailable, 1: nothing produced), unless --debug / RUBRIC_RL_DEBUG=1."""
+    from .errors import EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR, UserError, debug_enabled, one_line
+    from .teachers.base import TeacherUnavailable
 
     try:
         command(argv)
@@ -181,6 +188,11 @@ def run_command(name: str, command, argv: list[str]) -> None:
             raise
         print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
+    except TeacherUnavailable as err:
+        if debug_enabled():
+            raise
+        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_TEACHER_UNAVAILABLE) from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 * :class:`UserError`: the user can fix it (a bad config, a missing or malformed file, a run folder that
   would be overwritten...). ``rubric-rl`` prints ``rubric-rl COMMAND: error: MESSAGE`` on stderr and exits 2.
+* :class:`TeacherUnavailable` (in :mod:`rubric_rl.teachers.base`): the teacher's infrastructure is down;
+  exit 3.
 
 ``--debug`` (anywhere on the command line) or ``RUBRIC_RL_DEBUG=1`` shows the traceback instead.
 """
@@ -12,6 +14,8 @@ import difflib
 import os
 
 EXIT_USER_ERROR = 2
+EXIT_TEACHER_UNAVAILABLE = 3
+EXIT_NOTHING_PRODUCED = 1
 
 
 class UserError(ValueError):
