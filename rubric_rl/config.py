@@ -115,6 +115,23 @@ class RubricRLArguments:
                           "(notes/evaluate.md). 0 turns it off."},
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an OUTPUT_DIR that already holds a run: its checkpoints, metrics.jsonl, "
+                          "rollouts.jsonl, final model, export/ and eval/ are deleted first (the reusable caches "
+                          "warmup/, influence_cache/ and sft_warmstart/ stay). Without it such a folder is refused "
+                          "unless the run is resumed (--resume_from_checkpoint true)."},
+    )
+    allow_changed_args: bool = field(
+        default=False,
+        metadata={"help": "Resume even though arguments that change what the run computes (models, data, reward_*, "
+                          "num_generations, batch size, learning_rate, loss_type, seed, ...) differ from the run's "
+                          "rubric_rl_args.json; each change is recorded in OUTPUT_DIR/args_changes.jsonl with the step "
+                          "it took effect at. Note that the optimizer and scheduler state come from the checkpoint, so "
+                          "a new learning_rate or scheduler does not reach them. Logging, saving and max_steps may "
+                          "change without it."},
+    )
+
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
