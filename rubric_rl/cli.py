@@ -23,6 +23,8 @@ commands:
   evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
 
 Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
+A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
+RUBRIC_RL_DEBUG=1) shows the traceback instead.
 """
 
 
@@ -42,6 +44,9 @@ def cmd_train(argv):
         train_dataclasses(), argv, prog="rubric-rl train",
         description="RL-train a rubric generator: policy rollouts -> teacher samples -> influence reward -> GRPO. "
                     "Ends by exporting the generator to OUTPUT_DIR/export.")
+    from .preflight import check_train
+
+    check_train(args, grpo_args, teacher_cfg, influence_cfg)
     summary = train(args, grpo_args, teacher_cfg, influence_cfg)
     if summary.get("export_dir"):  # the main process
         print(format_summary(summary))
@@ -79,6 +84,9 @@ def cmd_warmup(argv):
     run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
                             description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
                                         "optimizer state in OUTPUT_DIR/warmup.", shared_config=True)
+    from .preflight import check_warmup
+
+    check_warmup(run, cfg)
     path = run_warmup(cfg, run.output_dir)
     print(f"Warm-up checkpoints: {path}")
 
@@ -92,6 +100,9 @@ def cmd_score(argv):
                                 description="Score chat-format samples by their influence on the validation set "
                                             "(uses OUTPUT_DIR/warmup, running it first if missing).",
                                 shared_config=True)
+    from .preflight import check_score
+
+    check_score(run, sa, cfg)
     summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
                          selected_path=sa.selected)
     print(json.dumps(summary, indent=1, default=str))
@@ -99,16 +110,25 @@ def cmd_score(argv):
 
 def cmd_synthesize(argv):
     from .config import SynthArguments, parse_config
-    from .synth.commands import SynthConfig, synthesize
+    from .synth.commands import SynthConfig, nothing_accepted_message, synthesize
     from .teachers.config import TeacherConfig
 
     sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
                                               prog="rubric-rl synthesize",
                                               description="Write a synthetic SFT dataset from documents with a "
                                                           "rubric source and a teacher.", shared_config=True)
+    from .preflight import check_synthesize
+
+    check_synthesize(sa, synth_cfg, teacher_cfg)
     summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
                          output=sa.output, num_samples=sa.num_samples)
     print(json.dumps(summary, indent=1, default=str))
+    message = nothing_accepted_message(summary)
+    if message:
+        from .errors import EXIT_NOTHING_PRODUCED
+
+        print(f"rubric-rl synthesize: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_NOTHING_PRODUCED)
 
 
 def cmd_serve_teacher(argv):
@@ -148,8 +168,31 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(f"rubric-rl: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    if "--debug" in argv[1:]:  # show tracebacks (as RUBRIC_RL_DEBUG=1 does)
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["RUBRIC_RL_DEBUG"] = "1"
     _setup_logging()
-    command(argv[1:])
+    run_command(argv[0], command, argv[1:])
+
+
+def run_command(name: str, command, argv: list[str]) -> None:
+    """Run one subcommand; user errors and an unavailable teacher become one line on stderr and an exit code
+    (2: user error, 3: teacher unavailable, 1: nothing produced), unless --debug / RUBRIC_RL_DEBUG=1."""
+    from .errors import EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR, UserError, debug_enabled, one_line
+    from .teachers.base import TeacherUnavailable
+
+    try:
+        command(argv)
+    except UserError as err:
+        if debug_enabled():
+            raise
+        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except TeacherUnavailable as err:
+        if debug_enabled():
+            raise
+        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_TEACHER_UNAVAILABLE) from None
 
 
 if __name__ == "__main__":

@@ -135,6 +135,23 @@ class RubricRLArguments:
                           "0.5 was too weak to stop the collapse (notes/evaluate.md). 0 turns it off."},
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an OUTPUT_DIR that already holds a run: its checkpoints, metrics.jsonl, "
+                          "rollouts.jsonl, final model, export/ and eval/ are deleted first (the reusable caches "
+                          "warmup/, influence_cache/ and sft_warmstart/ stay). Without it such a folder is refused "
+                          "unless the run is resumed (--resume_from_checkpoint true)."},
+    )
+    allow_changed_args: bool = field(
+        default=False,
+        metadata={"help": "Resume even though arguments that change what the run computes (models, data, reward_*, "
+                          "num_generations, batch size, learning_rate, loss_type, seed, ...) differ from the run's "
+                          "rubric_rl_args.json; each change is recorded in OUTPUT_DIR/args_changes.jsonl with the step "
+                          "it took effect at. Note that the optimizer and scheduler state come from the checkpoint, so "
+                          "a new learning_rate or scheduler does not reach them. Logging, saving and max_steps may "
+                          "change without it."},
+    )
+
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
@@ -184,6 +201,8 @@ def make_parser(types, prog: str | None = None, description: str | None = None):
     from trl import TrlParser
 
     parser = TrlParser(types, prog=prog, description=description)
+    # argparse's own errors (a bad int, a missing value...) are one line too, not the ~260 lines of usage.
+    parser.error = lambda message: fail(prog or parser.prog, message)
     return parser
 
 
@@ -207,32 +226,109 @@ def known_config_fields() -> set[str]:
     return {f.name for t in types for f in dc.fields(t)}
 
 
+def fail(prog: str | None, message: str):
+    """Print ``PROG: error: MESSAGE`` (one line) on stderr and exit 2."""
+    from .errors import EXIT_USER_ERROR, one_line
+
+    print(f"{prog or 'rubric-rl'}: error: {one_line(message)}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    if "--config" not in argv:
+        return None
+    i = argv.index("--config")
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        from .errors import UserError
+
+        raise UserError("--config needs a YAML file")
+    return argv[i + 1]
+
+
+def read_config_file(path: str) -> tuple[dict, dict[str, int]]:
+    """The YAML mapping of a config file and the line of each top-level key.
+
+    Errors (missing file, a directory, not UTF-8, a YAML syntax error, not a mapping) are a
+    :class:`~rubric_rl.errors.UserError` naming the file, and for syntax errors ``file:line:column``."""
+    import yaml
+
+    from .data.documents import DataFileError, read_text
+    from .errors import UserError
+
+    try:
+        text = read_text(path)
+    except DataFileError as err:
+        raise UserError(f"config {err}") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(x for x in (err.context, err.problem) if x)
+        raise UserError(f"{where}: invalid YAML ({what})") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a YAML mapping of field: value, got {type(data).__name__}")
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            lines.setdefault(str(key.value), key.start_mark.line + 1)
+    return data, lines
+
+
+def _unknown_fields_message(path: str, unknown: list[str], lines: dict[str, int], known) -> str:
+    from .errors import did_you_mean
+
+    parts = [f"{path}:{lines[name]}: unknown field {name!r}{did_you_mean(name, known)}" if name in lines
+             else f"{path}: unknown field {name!r}{did_you_mean(name, known)}" for name in unknown]
+    return "; ".join(parts)
+
+
+def _unknown_flags_message(flags: list[str], known) -> str:
+    from .errors import did_you_mean
+
+    names = [f for f in flags if f.startswith("-")] or flags
+    return "unrecognized argument(s): " + ", ".join(
+        f"{f}{did_you_mean(f.lstrip('-').split('=')[0], known)}" if f.startswith("--") else f for f in names)
+
+
 def parse_config(types, argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
                  shared_config: bool = False):
     """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses.
 
     With ``shared_config``, keys of the YAML file that belong to another rubric-rl command are ignored
     (so ``rubric-rl score --config run.yaml`` works on the training config), while keys no command
-    knows still fail. Raises ``SystemExit(2)`` with a one-line message (naming the field or file) on
-    bad input.
+    knows still fail. Raises ``SystemExit(2)`` with a one-line message (naming the field or file, and
+    the closest known name for an unknown one) on bad input.
     """
+    import dataclasses as dc
+
+    from .errors import UserError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser(types, prog=prog, description=description)
+    own = {f.name for t in types for f in dc.fields(t)}
     try:
-        if not shared_config:
-            return parser.parse_args_and_config(argv)
+        path = _config_path(argv)
+        known = known_config_fields() if shared_config else own
+        if path is not None:  # file errors and unknown fields first, before any value is checked
+            data, lines = read_config_file(path)
+            unknown = [k for k in data if k != "env" and k not in known]
+            if unknown:
+                raise UserError(_unknown_fields_message(path, unknown, lines, known))
         *out, from_file, from_cli = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True)
         if from_cli:
-            parser.error(f"unrecognized arguments: {' '.join(from_cli)}")
-        unknown = [s[2:] for s in from_file[::2] if s.startswith("--") and s[2:] not in known_config_fields()]
-        if unknown:
-            parser.error(f"unknown field(s) in the config file: {', '.join(unknown)}")
+            raise UserError(_unknown_flags_message(from_cli, own))
         return tuple(out)
     except FileNotFoundError as err:
-        parser.error(f"config file not found: {err.filename}")
+        fail(prog, f"file not found: {err.filename}")
     except (ValueError, TypeError) as err:
-        parser.error(str(err))
+        fail(prog, str(err))
 
 
 @dataclass

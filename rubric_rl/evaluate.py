@@ -228,6 +228,7 @@ class Source:
 def resolve_source(name: str, spec: str) -> Source:
     """A source from its SPEC; errors name the source and the SPEC."""
     from .data.documents import DataFileError, load_rubric_file
+    from .errors import UserError
     from .generator import EXPORT_META
 
     if spec == "none":
@@ -235,7 +236,7 @@ def resolve_source(name: str, spec: str) -> Source:
     path = Path(spec)
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ValueError(f"source {name}={spec!r}: folder is not an exported rubric generator (no config.json)")
+            raise UserError(f"source {name}={spec!r}: folder is not an exported rubric generator (no config.json)")
         run_dir = None
         meta_path = path / EXPORT_META
         if meta_path.exists():
@@ -245,8 +246,8 @@ def resolve_source(name: str, spec: str) -> Source:
         try:
             return Source(name, "file", spec, rubrics=load_rubric_file(path))
         except DataFileError as err:
-            raise ValueError(f"source {name}={spec!r}: {err}") from None
-    raise ValueError(f"source {name}={spec!r} is neither 'none', an existing rubrics JSON file, nor an exported "
+            raise UserError(f"source {name}={spec!r}: {err}") from None
+    raise UserError(f"source {name}={spec!r} is neither 'none', an existing rubrics JSON file, nor an exported "
                      "rubric generator folder")
 
 
@@ -1069,6 +1070,9 @@ def cmd_evaluate(argv: list[str] | None = None) -> dict:
         description="Compare rubric sources downstream: synthesize with each, fine-tune the target, score the "
                     "held-out test set (loss, multiple-choice acc/acc_norm), with influence, validity, diversity, "
                     "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
+    from .preflight import check_evaluate
+
+    check_evaluate(ea, cfg, teacher_cfg, influence_cfg)
     report = evaluate(cfg, teacher_cfg, influence_cfg, parse_sources(ea.sources), ea.output)
     print(format_table(report))
     print("\n" + format_paired(report))

@@ -211,6 +211,14 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     return model
 
 
+def _prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg) -> dict:
+    """Refuse to overwrite or mix runs in OUTPUT_DIR, clean it for --overwrite_output_dir, record accepted
+    argument changes on resume, and save rubric_rl_args.json (see rubric_rl.rundir)."""
+    from .rundir import prepare_output_dir
+
+    return prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
+
+
 # --------------------------------------------------------------------------- main entry
 def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     """Run the whole job; returns a summary (export path, reward first vs last 20%)."""
@@ -234,8 +242,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     set_seed(grpo_args.seed)
     if args.torch_num_threads:
         torch.set_num_threads(args.torch_num_threads)
-    if state.is_main_process:
-        save_run_args(output_dir, rubric_rl=args, grpo=grpo_args, teacher=teacher_cfg, influence=influence_cfg)
+    _prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
     dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)

@@ -105,16 +105,26 @@ def test_engine_budget_counts_every_query(world):
 
 
 def test_failed_queries_count_too(world):
+    """A query the teacher answered badly (bad_response, a 4xx) costs budget; one its infrastructure failed on
+    (5xx, timeout, connection) does not: it says nothing about the item, which the caller may try again."""
     class Failing:
         name = "failing"
 
-        def generate(self, requests):
-            return [TeacherResult(text=None, error="http_503") for _ in requests]
+        def __init__(self, error):
+            self.error = error
 
-    synth = SampleSynthesizer(Failing(), budget=3)
+        def generate(self, requests):
+            return [TeacherResult(text=None, error=self.error) for _ in requests]
+
+    synth = SampleSynthesizer(Failing("bad_response"), budget=3)
     outs = synth.synthesize([SynthItem("some document text here", None) for _ in range(5)])
+    assert [o.reason for o in outs] == ["teacher_bad_response"] * 3 + ["teacher_budget_exhausted"] * 2
+    assert synth.queries_spent == 3 and not any(o.infrastructure for o in outs)
+    infra = SampleSynthesizer(Failing("http_503"), budget=3)
+    outs = infra.synthesize([SynthItem("some document text here", None) for _ in range(5)])
     assert [o.reason for o in outs] == ["teacher_http_503"] * 3 + ["teacher_budget_exhausted"] * 2
-    assert synth.queries_spent == 3
+    assert infra.queries_spent == 0 and infra.infrastructure_failures == 3 and infra.budget_left == 3
+    assert [o.infrastructure for o in outs] == [True] * 3 + [False] * 2
     assert json.dumps(synth.counts)
 
 

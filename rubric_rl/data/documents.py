@@ -5,23 +5,63 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import UserError
 
-class DataFileError(ValueError):
+
+class DataFileError(UserError):
     """A data file that cannot be used; the message names the file (and line)."""
+
+
+def check_file(path: str | Path) -> Path:
+    """``path`` as a Path if it is an existing regular file, else a :class:`DataFileError` naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataFileError(f"{path}: is a directory, not a file")
+    if not path.is_file():
+        raise DataFileError(f"{path}: not a regular file")
+    return path
+
+
+def _decode_line(path: Path, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                            f"{err.start + 1}); re-encode the file as UTF-8") from None
+
+
+def iter_text_lines(path: str | Path):
+    """``(line number, text)`` of every line of a UTF-8 text file; a bad byte is an error naming ``file:line``."""
+    path = check_file(path)
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            yield lineno, _decode_line(path, lineno, raw)
+
+
+def read_text(path: str | Path) -> str:
+    """The whole UTF-8 text of ``path``; errors name ``file:line`` (missing file, directory, bad byte)."""
+    path = check_file(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        lineno = data.count(b"\n", 0, err.start) + 1
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        raise DataFileError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column "
+                            f"{err.start - line_start + 1}); re-encode the file as UTF-8") from None
 
 
 def _jsonl_values(path: Path):
     """``(line number, parsed value)`` of every non-blank line; errors name ``file:line``."""
-    if not path.exists():
-        raise DataFileError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+    for lineno, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -41,22 +81,38 @@ def load_documents(path: str | Path, text_field: str = "text", id_field: str = "
     the row number.
     """
     path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found")
+    if path.is_dir():
+        if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                or (path / "state.json").exists()):
+            raise DataFileError(f"{path}: is a directory, not a documents file (jsonl/json/parquet) or a datasets "
+                                "folder written by save_to_disk")
     if path.is_dir() or path.suffix in (".parquet", ".arrow"):
         import datasets
 
-        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(
-            "parquet", data_files=str(path), split="train")
+        try:
+            ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(
+                "parquet", data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001 - datasets raises many types; the file is what the user must fix
+            raise DataFileError(f"{path}: cannot be read as a dataset ({type(err).__name__}: "
+                                f"{' '.join(str(err).split())[:200]})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            raise DataFileError(f"{path}: holds a DatasetDict ({', '.join(ds)}); point documents at one split")
         rows = [dict(r) for r in ds]
     elif path.suffix == ".json":
-        if not path.exists():
-            raise DataFileError(f"{path}: file not found")
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(read_text(path))
+        except json.JSONDecodeError as err:
+            raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(rows, list):
             raise DataFileError(f"{path}: expected a JSON list of documents")
     else:
         rows = read_jsonl(path)
     docs = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}: row {i + 1}: expected an object with a {text_field!r} field")
         if text_field not in row:
             raise DataFileError(f"{path}: row {i + 1} has no {text_field!r} field (fields: {sorted(row)})")
         text = row[text_field]
@@ -96,10 +152,8 @@ def load_rubric_file(path: str | Path):
     from ..rubric import Rubric, RubricParseError
 
     path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
     if isinstance(data, dict) and "rubrics" in data:

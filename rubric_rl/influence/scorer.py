@@ -33,6 +33,7 @@ import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
+from ..synth.text import answer_junk_reason
 from .config import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
@@ -420,7 +421,9 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
             ``influence_cache/``.
         samples_path: chat jsonl, one ``{"messages": [...], ...}`` object (or a bare message list) per line.
         output_path: written with one line per input line, in order: the input object plus ``influence``
-            (a float, or null with ``reason``; malformed lines become ``{"influence": null, "reason":
+            (a float, or null with ``reason``; an answer that is no text gets ``empty_answer``,
+            ``whitespace_answer``, ``control_characters_answer`` or ``non_text_answer`` and is never selected;
+            malformed lines become ``{"influence": null, "reason":
             "bad_format", "error": "FILE:LINE: ..."}``), and ``truncated: true`` where the sample was cut.
         select_top: if set, the K highest-scoring samples are also written, best first, to ``selected_path``.
         selected_path: where the top-K go (default: ``output_path`` with ``.top{K}`` before the suffix).
@@ -465,7 +468,9 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     objs.append(None)
                     msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
                     errors.append(f"{samples_path}:{lineno}: {msg}")
-            idx = [j for j, o in enumerate(objs) if o is not None]
+            junk = [None if o is None else answer_junk_reason(o["messages"] if isinstance(o, dict) else o)
+                    for o in objs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
+            idx = [j for j, o in enumerate(objs) if o is not None and junk[j] is None]
             res = scorer.score([objs[j]["messages"] if isinstance(objs[j], dict) else objs[j] for j in idx])
             by_j = dict(zip(idx, res))
             for j, obj in enumerate(objs):
@@ -473,6 +478,10 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     row = {"influence": None, "reason": BAD_FORMAT, "error": errors[j]}
                     reasons[BAD_FORMAT] += 1
                     logger.warning("%s", errors[j])
+                elif junk[j] is not None:
+                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+                    row.update(influence=None, reason=junk[j])
+                    reasons[junk[j]] += 1
                 else:
                     r = by_j[j]
                     row = dict(obj) if isinstance(obj, dict) else {"messages": obj}

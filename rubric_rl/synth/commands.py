@@ -21,7 +21,11 @@ reused; a larger ``--num_samples`` extends it. Different arguments are refused u
 
 Every teacher query counts against the budget (``synth_budget``, default
 ``synth_max_queries_per_sample * num_samples``): the run stops cleanly when it is spent and reports
-the queries spent. HTTP retries inside the ``openai`` backend are not separate queries.
+the queries spent. HTTP retries inside the ``openai`` backend are not separate queries. A query that
+failed for infrastructure reasons (timeout, connection, HTTP 5xx/408/429) is not counted: its item is
+tried again in a later chunk (at most ``INFRA_RETRIES_PER_ITEM`` times, after which it counts as a
+rejected query), and the teacher's circuit breaker stops the run with ``TeacherUnavailable`` (the lines
+written so far are kept; a rerun resumes) when the endpoint is down.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..data.documents import load_chat_samples, load_documents, load_rubric_file
+from ..errors import UserError
 from ..rubric import Rubric
 from ..teachers.config import TeacherConfig
 from .dataset import JsonlAppender, iter_jsonl, save_hf_dataset, write_json_atomic
@@ -48,6 +53,7 @@ from .verifiers import default_verifiers
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+INFRA_RETRIES_PER_ITEM = 3  # an item whose query failed for infrastructure reasons is tried again this many times
 
 
 @dataclass
@@ -189,7 +195,7 @@ class RubricSource:
         elif path.is_file():
             self.kind, self.rubrics = "file", load_rubric_file(path)
         else:
-            raise ValueError(f"rubric_source {spec!r} is neither 'none', an existing rubrics JSON file, nor an "
+            raise UserError(f"rubric_source {spec!r} is neither 'none', an existing rubrics JSON file, nor an "
                              "exported rubric generator folder")
 
     def digest(self) -> dict:
@@ -272,7 +278,8 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         state = {"version": STATE_VERSION, "fingerprint": fingerprint, "strategy": choice.strategy,
                  "strategy_why": choice.why, "next_item": 0, "output_bytes": 0, "rejected_bytes": 0,
                  "queries": 0, "accepted": 0, "rejected": {}, "rejected_by_verifier": {}, "skipped": {},
-                 "surplus": 0, "rubrics_generated": 0, "rubrics_unparseable": 0, "elapsed_s": 0.0}
+                 "surplus": 0, "rubrics_generated": 0, "rubrics_unparseable": 0, "elapsed_s": 0.0,
+                 "retry_items": [], "infrastructure_failures": 0}
     strategy = state["strategy"]
     if strategy != NEW_QUESTION and not seeds:
         raise ValueError(f"strategy {strategy!r} needs synth_seed_samples")
@@ -353,6 +360,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                disable=not cfg.synth_progress, dynamic_ncols=True)
     stopped = None
     idle = 0  # consecutive items skipped without a query (all rubrics unparseable...)
+    retry_items = [list(r) for r in state.get("retry_items", [])]  # [item, infrastructure failures so far]
     try:
         while True:
             if state["accepted"] >= num_samples:
@@ -366,6 +374,12 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
             rate = state["accepted"] / state["queries"] if state["queries"] else 1.0
             size = min(cfg.synth_batch_size, left, math.ceil(needed / max(rate, 0.1)))
             items: list[SynthItem] = []
+            attempts: list[int] = []  # infrastructure failures of each item so far
+            while retry_items and len(items) < size:  # items whose teacher query failed for infrastructure first
+                kk, n_failed = retry_items.pop(0)
+                item, _ = plan(kk)
+                items.append(item)
+                attempts.append(n_failed)
             k = state["next_item"]
             while len(items) < size and idle <= max(len(docs), len(seeds), 100):
                 item, skip = plan(k)
@@ -375,6 +389,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                     idle += 1
                 else:
                     items.append(item)
+                    attempts.append(0)
                     idle = 0
             if not items:
                 stopped = "no_usable_items"
@@ -383,8 +398,14 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
             engine = synthesizer()
             queries_before = engine.queries_spent
             outcomes = engine.synthesize(items)
-            state["queries"] += engine.queries_spent - queries_before
-            for item, o in zip(items, outcomes, strict=True):
+            state["queries"] += engine.queries_spent - queries_before  # infrastructure failures excluded
+            for item, o, n_failed in zip(items, outcomes, attempts, strict=True):
+                if o.infrastructure:
+                    state["infrastructure_failures"] = state.get("infrastructure_failures", 0) + 1
+                    if n_failed < INFRA_RETRIES_PER_ITEM:
+                        retry_items.append([item.meta["item"], n_failed + 1])
+                        continue
+                    state["queries"] += 1  # tried too often: now it costs its query, as a rejection
                 if o.valid:
                     if state["accepted"] >= num_samples:
                         state["surplus"] += 1
@@ -402,6 +423,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                                             "messages": o.messages, "provenance": _provenance(o.meta)})
             # checkpoint: data first, then the state that points at it
             state["next_item"] = k
+            state["retry_items"] = [list(r) for r in retry_items]
             state["output_bytes"] = out.checkpoint()
             if rejected_out is not None:
                 state["rejected_bytes"] = rejected_out.checkpoint()
@@ -426,6 +448,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
         "rejected_by_verifier": dict(by_verifier), "skipped": dict(skipped),
         "queries_spent": state["queries"], "budget": budget, "stopped": stopped, "surplus": state["surplus"],
+        "infrastructure_failures": state.get("infrastructure_failures", 0),
         "strategy": strategy, "strategy_why": state["strategy_why"],
         "teacher": synth.teacher_label if synth is not None else _teacher_label(teacher, teacher_cfg),
         "rubric_source": source.digest()["kind"] + (
@@ -443,6 +466,20 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         logger.warning("synthesize: the budget of %d teacher queries ran out at %d/%d samples", budget,
                        state["accepted"], num_samples)
     return summary
+
+
+def nothing_accepted_message(summary: dict) -> str | None:
+    """One line saying why a finished ``synthesize`` produced nothing (None when it accepted something)."""
+    if summary.get("accepted"):
+        return None
+    head = f"0 of {summary['num_samples']} samples accepted"
+    made, bad = summary.get("rubrics_generated") or 0, summary.get("rubrics_unparseable") or 0
+    if made and bad == made:
+        return (f"{head}: 0 of {made} rubrics from {summary['rubric_source']} parsed (the rubric source writes no "
+                "parseable rubric; is it an exported rubric generator?)")
+    reasons = ", ".join(f"{k} {v}" for k, v in list(summary.get("rejected", {}).items())[:3]) or "none"
+    return (f"{head} after {summary['queries_spent']} teacher queries (stopped: {summary['stopped']}; top "
+            f"rejections: {reasons}); see {_paths(summary['output'])['summary']}")
 
 
 def _teacher_label(teacher, teacher_cfg: TeacherConfig) -> str:
@@ -469,12 +506,12 @@ def _open_state(paths: dict[str, Path], fingerprint: dict, overwrite: bool, sour
             old = state.get("fingerprint", {})
             diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
             if not overwrite:
-                raise ValueError(f"{paths['output']} was written by a run with different arguments (differs in: "
+                raise UserError(f"{paths['output']} was written by a run with different arguments (differs in: "
                                  f"{', '.join(diff) or 'state version'}); pass --synth_overwrite true to start over, "
                                  "or choose another --output")
             state = None
     elif paths["output"].exists() and paths["output"].stat().st_size > 0 and not overwrite:
-        raise ValueError(f"{paths['output']} exists and has no resume state ({paths['state'].name}); pass "
+        raise UserError(f"{paths['output']} exists and has no resume state ({paths['state'].name}); pass "
                          "--synth_overwrite true to replace it, or choose another --output")
     if state is None:
         for key in ("output", "state", "summary", "rubrics", "rejected"):

@@ -59,16 +59,20 @@ def tokens_and_option_mask(text: str) -> tuple[list[str], int]:
 
 def load_eval_items(paths) -> list[dict]:
     """Chat-format evaluation items (``{"messages": [...]}`` per jsonl line) from one or more files."""
+    from ..data.documents import DataFileError, iter_text_lines
+
     items = []
     for path in paths:
-        with open(path, encoding="utf-8") as fh:
-            for k, line in enumerate(fh):
-                if line.strip():
+        for lineno, line in iter_text_lines(path):  # errors name file:line (missing, directory, not UTF-8)
+            if line.strip():
+                try:
                     row = json.loads(line)
-                    if "messages" not in row:
-                        raise ValueError(f"{path}:{k + 1}: decontamination needs chat items with 'messages'")
-                    row.setdefault("_source", f"{Path(path).name}:{k + 1}")
-                    items.append(row)
+                except json.JSONDecodeError as err:
+                    raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+                if not isinstance(row, dict) or "messages" not in row:
+                    raise DataFileError(f"{path}:{lineno}: decontamination needs chat items with 'messages'")
+                row.setdefault("_source", f"{Path(path).name}:{lineno}")
+                items.append(row)
     return items
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..rubric import Rubric
-from ..teachers.base import Teacher, TeacherRequest
+from ..teachers.base import Teacher, TeacherRequest, is_infrastructure_error
 from ..teachers.factory import teacher_label
 from .parse import parse_answer, parse_sample
 from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, NEW_QUESTION_INSTRUCTIONS, SEEDED, STRATEGIES,
@@ -44,6 +44,7 @@ class SampleOutcome:
     reason: str | None  # None when accepted
     teacher_text: str | None = None
     meta: dict = field(default_factory=dict)
+    infrastructure: bool = False  # the teacher's infrastructure failed (not the sample): retry the item
 
     @property
     def valid(self) -> bool:
@@ -57,8 +58,10 @@ class SampleSynthesizer:
     method (near-duplicate filter) is told about every accepted sample, so later candidates, also
     within the same ``synthesize`` call, are checked against it. ``budget`` caps the teacher queries over
     the synthesizer's lifetime: items past it come back with reason ``teacher_budget_exhausted`` and cost
-    nothing.
-    ``queries_spent`` and ``counts`` (accepted / reason -> n) accumulate over calls.
+    nothing. A query that failed for infrastructure reasons (timeout, connection, HTTP 5xx/408/429: the
+    outcome's ``infrastructure`` is True) says nothing about the item and is not counted as spent; the
+    teacher's circuit breaker stops the run when there are too many (``TeacherUnavailable`` propagates).
+    ``queries_spent``, ``infrastructure_failures`` and ``counts`` (accepted / reason -> n) accumulate over calls.
     """
 
     def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None):
@@ -66,6 +69,7 @@ class SampleSynthesizer:
         self.verifiers = default_verifiers() if verifiers is None else verifiers
         self.budget = budget
         self.queries_spent = 0
+        self.infrastructure_failures = 0
         self.counts: Counter = Counter()
         self.teacher_label = teacher_label(teacher)
 
@@ -101,14 +105,17 @@ class SampleSynthesizer:
         if len(results) != len(requests):
             raise RuntimeError(f"teacher {self.teacher_label} returned {len(results)} results for "
                                f"{len(requests)} requests")
-        self.queries_spent += len(requests)
+        infra = sum(1 for res in results if not res.ok and is_infrastructure_error(res.error))
+        self.queries_spent += len(requests) - infra
+        self.infrastructure_failures += infra
         for i, res in zip(index, results, strict=True):
             item = items[i]
             meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
             if res.prompt_tokens or res.completion_tokens:
                 meta["tokens"] = {"prompt": res.prompt_tokens, "completion": res.completion_tokens}
             if not res.ok:
-                outcomes[i] = SampleOutcome(None, f"teacher_{res.error or 'failed'}", res.text, meta)
+                outcomes[i] = SampleOutcome(None, f"teacher_{res.error or 'failed'}", res.text, meta,
+                                            infrastructure=is_infrastructure_error(res.error))
                 continue
             if item.strategy == AUGMENT_ANSWER:
                 answer, reason = parse_answer(res.text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
@@ -43,3 +44,50 @@ def content_words(text: str, extra_stopwords: frozenset[str] = frozenset()) -> s
             continue
         out.add(stem(w))
     return out
+
+
+# Values a broken pipeline writes where text should be ("NaN", "inf", "null"...).
+PLACEHOLDER_TOKENS = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity",
+                                "null", "undefined", "n/a"})
+_NUMBER = re.compile(r"^[-+]?(\d+([.,]\d*)?|[.,]\d+)([eE][-+]?\d+)?%?$")
+
+# Reason codes of answers that are not text.
+EMPTY_ANSWER = "empty_answer"
+WHITESPACE_ANSWER = "whitespace_answer"
+CONTROL_CHARACTERS_ANSWER = "control_characters_answer"
+NON_TEXT_ANSWER = "non_text_answer"
+JUNK_REASONS = (EMPTY_ANSWER, WHITESPACE_ANSWER, CONTROL_CHARACTERS_ANSWER, NON_TEXT_ANSWER)
+
+
+def junk_text_reason(text: str | None) -> str | None:
+    """Why ``text`` is no answer at all, or None when it is text.
+
+    ``empty_answer`` (empty), ``whitespace_answer`` (only whitespace), ``control_characters_answer`` (only
+    control/format/unassigned characters besides whitespace), ``non_text_answer`` (no letter or digit at all,
+    or nothing but placeholders such as NaN, inf, null, possibly with numbers: "NaN inf", "nan 0.5"). A plain
+    number ("42") is an answer.
+    """
+    if not text:
+        return EMPTY_ANSWER
+    if not text.strip():
+        return WHITESPACE_ANSWER
+    visible = [c for c in text if not c.isspace()]
+    if all(unicodedata.category(c).startswith("C") for c in visible):
+        return CONTROL_CHARACTERS_ANSWER
+    if not any(c.isalnum() for c in visible):
+        return NON_TEXT_ANSWER
+    tokens = [t.strip(".,;:!?()[]{}\"'`") for t in text.lower().split()]
+    tokens = [t for t in tokens if t]
+    if tokens and any(t in PLACEHOLDER_TOKENS for t in tokens) and all(
+            t in PLACEHOLDER_TOKENS or _NUMBER.match(t) for t in tokens):
+        return NON_TEXT_ANSWER
+    return None
+
+
+def answer_junk_reason(messages) -> str | None:
+    """:func:`junk_text_reason` of the last assistant turn of a chat sample (None when it has no assistant turn:
+    that is another reason, found elsewhere)."""
+    answers = [m.get("content") for m in messages or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not answers:
+        return None
+    return junk_text_reason(answers[-1] if isinstance(answers[-1], str) else "")

@@ -58,12 +58,19 @@ class FormatVerifier:
 
 @dataclass
 class NonTrivialVerifier:
-    """Rejects samples that teach nothing: answer equal to the question, or a question that is the document."""
+    """Rejects samples that teach nothing: an answer that is no text (empty, whitespace, control characters,
+    placeholders like "NaN inf": the reason codes of :func:`rubric_rl.synth.text.junk_text_reason`), an answer
+    equal to the question, or a question that is the document."""
 
     max_document_overlap: float = 0.8
     name: str = "nontrivial"
 
     def __call__(self, c: Candidate) -> str | None:
+        from .text import junk_text_reason
+
+        junk = junk_text_reason(c.answer)  # empty, whitespace, control characters, "NaN inf"...
+        if junk:
+            return junk
         q, a = _norm(c.question), _norm(c.answer)
         if not a:
             return "empty_answer"

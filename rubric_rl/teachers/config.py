@@ -48,6 +48,18 @@ class TeacherConfig:
     teacher_max_backoff_s: float = field(
         default=60.0, metadata={"help": "openai backend: upper bound on one retry delay, Retry-After included (s)."}
     )
+    teacher_breaker_window: int = field(
+        default=32,
+        metadata={"help": "openai backend: circuit breaker window, in requests. When more than "
+                          "teacher_breaker_max_failure_rate of the last this-many requests failed for infrastructure "
+                          "reasons (connection, timeout, HTTP 5xx/408/429 after the retries), the run stops with "
+                          "'teacher unavailable' (exit 3) instead of going on without a teacher. 0 disables it."},
+    )
+    teacher_breaker_max_failure_rate: float = field(
+        default=0.5,
+        metadata={"help": "openai backend: share of the breaker window that may fail for infrastructure reasons "
+                          "before the run stops (in [0, 1]; 0 disables the breaker)."},
+    )
     teacher_vllm_tensor_parallel_size: int = field(
         default=1, metadata={"help": "vllm backend: GPUs the in-process teacher is sharded over."}
     )
@@ -79,6 +91,12 @@ class TeacherConfig:
             raise ValueError(f"teacher_max_retries must be >= 0, got {self.teacher_max_retries!r}")
         if self.teacher_backoff_s < 0:
             raise ValueError(f"teacher_backoff_s must be >= 0, got {self.teacher_backoff_s!r}")
+        if self.teacher_breaker_window < 0:
+            raise ValueError(f"teacher_breaker_window must be >= 0 (0 disables the breaker), got "
+                             f"{self.teacher_breaker_window!r}")
+        if not 0 <= self.teacher_breaker_max_failure_rate <= 1:
+            raise ValueError(f"teacher_breaker_max_failure_rate must be in [0, 1] (0 disables the breaker), got "
+                             f"{self.teacher_breaker_max_failure_rate!r}")
         if self.teacher_max_backoff_s < self.teacher_backoff_s:
             raise ValueError(f"teacher_max_backoff_s must be >= teacher_backoff_s ({self.teacher_backoff_s!r}), "
                              f"got {self.teacher_max_backoff_s!r}")

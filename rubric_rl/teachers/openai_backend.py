@@ -11,7 +11,12 @@ Failure handling, per request:
 * other 4xx answers are not retried;
 * a request that still fails becomes ``TeacherResult(text=None, error=code)`` with ``code`` one of
   ``http_<status>``, ``timeout``, ``connection_error``, ``bad_response`` (a 200 whose body is not
-  a chat completion), ``empty`` (a completion without text); the other requests are unaffected.
+  a chat completion), ``empty`` (a completion without text); the other requests are unaffected;
+* a circuit breaker (``breaker_window``, ``breaker_max_failure_rate``) watches the requests that failed
+  for good for infrastructure reasons (timeout, connection, 5xx, 408, 429): when more than the allowed
+  share of the last ``breaker_window`` requests did, ``generate()`` cancels what is in flight and raises
+  :class:`~rubric_rl.teachers.base.TeacherUnavailable` naming the endpoint and the last error, and every
+  later call raises it at once.
 
 ``generate()`` is synchronous. The HTTP work runs on a private event loop in a daemon thread owned
 by the teacher, so it works the same from plain scripts, from worker threads and from code that
@@ -34,7 +39,7 @@ from concurrent.futures import Future
 
 import httpx
 
-from .base import TeacherRequest, TeacherResult
+from .base import CircuitBreaker, TeacherRequest, TeacherResult, is_infrastructure_error
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +96,8 @@ class OpenAITeacher:
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, max_new_tokens: int = 512,
                  temperature: float = 0.7, top_p: float = 0.95, concurrency: int = 8, timeout_s: float = 120.0,
                  max_retries: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 send_seed: bool = True, extra_body: dict | None = None):
+                 send_seed: bool = True, extra_body: dict | None = None, breaker_window: int = 32,
+                 breaker_max_failure_rate: float = 0.5):
         if not base_url:
             raise ValueError("OpenAITeacher: base_url is required (e.g. http://localhost:8000/v1)")
         if concurrency < 1:
@@ -117,6 +123,7 @@ class OpenAITeacher:
         self._sem: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
         self.stats = {"requests": 0, "http_attempts": 0, "retries": 0, "failures": 0}
+        self.breaker = CircuitBreaker(self.base_url, window=breaker_window, max_failure_rate=breaker_max_failure_rate)
 
     def __repr__(self) -> str:  # never the key
         return (f"OpenAITeacher(base_url={self.base_url!r}, model={self.model_name!r}, "
@@ -127,6 +134,7 @@ class OpenAITeacher:
                  temperature: float | None = None, top_p: float | None = None) -> list[TeacherResult]:
         if not requests:
             return []
+        self.breaker.check()
         params = {"max_tokens": max_new_tokens or self.max_new_tokens,
                   "temperature": self.temperature if temperature is None else temperature,
                   "top_p": self.top_p if top_p is None else top_p}
@@ -176,7 +184,17 @@ class OpenAITeacher:
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
             )
             self._sem = asyncio.Semaphore(self.concurrency)
-        return list(await asyncio.gather(*(self._one(req, params) for req in requests)))
+        tasks = [asyncio.ensure_future(self._one(req, params)) for req in requests]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        if pending:  # the breaker tripped (or a bug): stop sending the rest
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        errors = [t.exception() for t in tasks if t.done() and not t.cancelled()]  # (retrieves every one)
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [t.result() for t in tasks]
 
     def _payload(self, req: TeacherRequest, params: dict) -> dict:
         body = {"model": self.model_name, "messages": req.messages, "stream": False, **params, **self.extra_body}
@@ -195,21 +213,23 @@ class OpenAITeacher:
         assert self._sem is not None and self._client is not None
         async with self._sem:
             self.stats["requests"] += 1
-            error = "unknown"
+            error, detail = "unknown", None
             for attempt in range(self.max_retries + 1):
+                self.breaker.check()  # tripped by another request: do not send this one
                 self.stats["http_attempts"] += 1
                 retry_after = None
                 try:
                     resp = await asyncio.wait_for(self._client.post(self.url, json=payload), self.timeout_s)
                 except (asyncio.TimeoutError, httpx.TimeoutException):
-                    error = "timeout"
+                    error, detail = "timeout", f"no answer within {self.timeout_s:g} s"
                 except httpx.TransportError as err:  # refused, reset, remote closed, protocol errors
-                    error = "connection_error"
+                    error, detail = "connection_error", f"{type(err).__name__}: {err}"
                     logger.debug("teacher request: %s: %s", type(err).__name__, err)
                 else:
                     if resp.status_code == 200:
+                        self.breaker.record(False)
                         return self._parse(resp, attempts=attempt + 1)
-                    error = f"http_{resp.status_code}"
+                    error, detail = f"http_{resp.status_code}", None
                     if resp.status_code not in RETRY_STATUSES:
                         break
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
@@ -221,6 +241,8 @@ class OpenAITeacher:
                     await asyncio.sleep(delay)
             self.stats["failures"] += 1
             logger.warning("teacher request failed for good: %s", error)
+            self.breaker.record(is_infrastructure_error(error), f"{error} ({detail})" if detail else error)
+            self.breaker.check()
             return TeacherResult(text=None, error=error, meta={"attempts": attempt + 1})
 
     @staticmethod

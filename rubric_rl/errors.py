@@ -1,0 +1,47 @@
+"""Errors the command line reports as one line, without a traceback.
+
+* :class:`UserError`: the user can fix it (a bad config, a missing or malformed file, a run folder that
+  would be overwritten...). ``rubric-rl`` prints ``rubric-rl COMMAND: error: MESSAGE`` on stderr and exits 2.
+* :class:`TeacherUnavailable` (in :mod:`rubric_rl.teachers.base`): the teacher's infrastructure is down;
+  exit 3.
+
+``--debug`` (anywhere on the command line) or ``RUBRIC_RL_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+EXIT_USER_ERROR = 2
+EXIT_TEACHER_UNAVAILABLE = 3
+EXIT_NOTHING_PRODUCED = 1
+
+
+class UserError(ValueError):
+    """A mistake in the user's input; the message (one line) says what and where."""
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("RUBRIC_RL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def closest(name: str, known) -> str | None:
+    """The known name closest to ``name`` (difflib ratio, also against each name's prefix of the same length,
+    so that an abbreviated ``polcy_model`` finds ``policy_model_name_or_path``), or None when nothing is close."""
+    def score(k: str) -> float:
+        whole = difflib.SequenceMatcher(None, name, k).ratio()
+        prefix = difflib.SequenceMatcher(None, name, k[:len(name) + 1]).ratio() - 0.05 if len(k) > len(name) else 0
+        return max(whole, prefix)
+
+    best = max(sorted(known), key=score, default=None)
+    return best if best is not None and score(best) >= 0.6 else None
+
+
+def did_you_mean(name: str, known) -> str:
+    best = closest(name, known)
+    return f" (did you mean {best!r}?)" if best else ""
+
+
+def one_line(message: str) -> str:
+    return " ".join(str(message).split())

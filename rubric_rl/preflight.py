@@ -1,0 +1,169 @@
+"""Input checks every command runs before any model loads.
+
+Every file a config names is opened once here: it must exist, be a file (or, for documents, a
+``datasets`` folder), decode as UTF-8, parse, and hold usable rows -- warm-up, validation and test rows
+need an assistant turn with text (the loss and the influence are computed on assistant tokens). A
+failure is a :class:`~rubric_rl.errors.UserError` whose one line names the config field, the file and,
+where there is one, the line: ``influence_validation_data: data/val.jsonl:7: no assistant turn``.
+
+The readers themselves (:mod:`rubric_rl.data.documents`) give the same errors later; checking up front
+only moves them before the minutes of model loading, SFT warm start and warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .data.documents import (DataFileError, check_file, load_chat_samples, load_documents, load_rubric_file,
+                             read_text)
+from .errors import UserError
+
+
+def _named(field: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except DataFileError as err:
+        raise DataFileError(f"{field}: {err}") from None
+
+
+def check_documents(path, *, field: str = "documents", text_field: str = "text") -> list[dict]:
+    if not path:
+        raise UserError(f"{field} must name a documents file")
+    return _named(field, load_documents, path, text_field=text_field)
+
+
+def check_chat_file(path, *, field: str, need_assistant: bool = False) -> list[dict]:
+    """The rows of a chat jsonl file; with ``need_assistant`` every row needs an assistant turn with text."""
+    rows = _named(field, load_chat_samples, path)
+    if need_assistant:
+        for row in rows:
+            if not any(m["role"] == "assistant" and m["content"].strip() for m in row["messages"]):
+                raise DataFileError(f"{field}: {path}:{row['line']}: no assistant turn with text (the loss and "
+                                    "the influence are computed on the assistant's tokens)")
+    return rows
+
+
+def check_rubrics(path, *, field: str):
+    return _named(field, load_rubric_file, path)
+
+
+def check_text_file(path, *, field: str) -> str:
+    return _named(field, read_text, path)
+
+
+def check_teacher(teacher_cfg) -> None:
+    env = getattr(teacher_cfg, "teacher_api_key_env", None)
+    if teacher_cfg.teacher_backend == "openai" and env and not os.environ.get(env):
+        raise UserError(f"teacher_api_key_env: the environment variable {env!r} is not set or empty")
+
+
+def _finished_warmup(run_dir) -> bool:
+    from .influence.warmup import ARGS_FILENAME, warmup_dir
+
+    return run_dir is not None and (warmup_dir(run_dir) / ARGS_FILENAME).is_file()
+
+
+def check_influence(cfg, run_dir, *, need_validation: bool = True) -> None:
+    """warmup_data (unless RUN_DIR/warmup holds a finished warm-up) and influence_validation_data."""
+    if cfg.warmup_data:
+        check_chat_file(cfg.warmup_data, field="warmup_data", need_assistant=True)
+    elif not _finished_warmup(run_dir):
+        raise UserError(f"warmup_data is not set and {Path(run_dir) / 'warmup'} holds no finished warm-up; set "
+                        "warmup_data to a chat jsonl")
+    if need_validation:
+        if not cfg.influence_validation_data:
+            raise UserError("influence_validation_data is not set; it must name the validation chat jsonl")
+        check_chat_file(cfg.influence_validation_data, field="influence_validation_data", need_assistant=True)
+
+
+def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
+    """Everything `rubric-rl train` reads: documents, seed rubrics (with the SFT warm start), warm-up,
+    validation and decontamination files, the teacher's key, and the downstream evaluation config."""
+    check_documents(args.documents, text_field=args.document_text_field)
+    if args.policy_sft_warmstart:
+        if not args.seed_rubrics:
+            raise UserError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
+        check_rubrics(args.seed_rubrics, field="seed_rubrics")
+    check_influence(influence_cfg, grpo_args.output_dir)
+    for path in args.reward_decontam_files or []:
+        check_chat_file(path, field="reward_decontam_files")
+    check_teacher(teacher_cfg)
+    if args.evaluate_config:
+        check_evaluate_config(args.evaluate_config, args.evaluate_sources or [],
+                              Path(grpo_args.output_dir) / "eval")
+
+
+def check_synthesize(sa, synth_cfg, teacher_cfg) -> None:
+    check_documents(sa.documents)
+    spec = sa.rubric_source
+    if spec != "none":
+        path = Path(spec)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise UserError(f"rubric_source: {spec}: folder is not an exported rubric generator (no config.json)")
+        elif path.exists():
+            check_rubrics(path, field="rubric_source")
+        else:
+            raise UserError(f"rubric_source {spec!r} is neither 'none', an existing rubrics JSON file, nor an "
+                            "exported rubric generator folder")
+    if synth_cfg.synth_seed_samples:
+        check_chat_file(synth_cfg.synth_seed_samples, field="synth_seed_samples", need_assistant=True)
+    for path in synth_cfg.synth_eval_files:
+        check_chat_file(path, field="synth_eval_files")
+    if synth_cfg.synth_blocklist_file:
+        check_text_file(synth_cfg.synth_blocklist_file, field="synth_blocklist_file")
+    check_teacher(teacher_cfg)
+
+
+def check_score(run, sa, influence_cfg) -> None:
+    _named("samples", check_file, sa.samples)
+    text = check_text_file(sa.samples, field="samples")
+    if not text.strip():
+        raise DataFileError(f"samples: {sa.samples}: no samples (the file is empty)")
+    check_influence(influence_cfg, run.output_dir)
+
+
+def check_warmup(run, influence_cfg) -> None:
+    check_influence(influence_cfg, run.output_dir, need_validation=False)
+
+
+def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
+    from .evaluate import parse_sources, resolve_source
+
+    check_documents(cfg.eval_documents, field="eval_documents", text_field=cfg.eval_document_text_field)
+    check_chat_file(cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    for name, spec in parse_sources(ea.sources).items():
+        try:
+            resolve_source(name, spec)
+        except ValueError as err:
+            raise UserError(f"sources: {err}") from None
+    if cfg.eval_influence:
+        if not influence_cfg.influence_validation_data:
+            raise UserError("eval_influence needs influence_validation_data (the validation chat jsonl); set it or "
+                            "pass --eval_influence false")
+        run_dir = cfg.eval_influence_run_dir or Path(ea.output) / "influence"
+        check_influence(influence_cfg, run_dir)
+    check_teacher(teacher_cfg)
+
+
+def check_evaluate_config(config_path: str, sources: list[str], output) -> None:
+    """The evaluation `rubric-rl train` runs at its end (evaluate_config), checked before training. The source
+    'trained' does not exist yet and is not checked."""
+    from .config import parse_config
+    from .evaluate import EvalArguments, EvalConfig, parse_sources
+    from .influence.config import InfluenceConfig
+    from .teachers.config import TeacherConfig
+
+    argv = ["--config", config_path, "--sources", *(sources or ["none=none"]), "--output", str(output)]
+    try:
+        ea, cfg, teacher_cfg, influence_cfg = parse_config(
+            (EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl train",
+            shared_config=True)
+    except SystemExit:  # parse_config printed the reason
+        raise UserError(f"evaluate_config: {config_path} does not parse (the line above says why)") from None
+    parse_sources(ea.sources)
+    try:
+        check_evaluate(ea, cfg, teacher_cfg, influence_cfg)
+    except UserError as err:
+        raise UserError(f"evaluate_config {config_path}: {err}") from None
