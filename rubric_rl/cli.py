@@ -21,6 +21,7 @@ commands:
   synthesize     write a synthetic dataset with a rubric source and a teacher    (rubric-rl synthesize --help)
   serve-teacher  serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
   evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
+  calibrate      does the reward predict the gain? influence vs held-out gain over sources x seeds (rubric-rl calibrate --help)
 
 Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
 A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
@@ -143,6 +144,12 @@ def cmd_evaluate(argv):
     run(argv)
 
 
+def cmd_calibrate(argv):
+    from .calibrate import cmd_calibrate as run
+
+    run(argv)
+
+
 COMMANDS = {
     "train": cmd_train,
     "export": cmd_export,
@@ -151,10 +158,22 @@ COMMANDS = {
     "synthesize": cmd_synthesize,
     "serve-teacher": cmd_serve_teacher,
     "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
 }
 
 
+def _quiet_warnings() -> None:
+    """Warnings a user can do nothing about: transformers' rename of gradient_checkpointing (TRL passes the
+    old name), and runpy's note when ``python -m rubric_rl.cli`` is used under accelerate launch."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*found in sys.modules after import of package", category=RuntimeWarning)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -168,17 +187,25 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(f"rubric-rl: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
-    if "--debug" in argv[1:]:  # show tracebacks (as RUBRIC_RL_DEBUG=1 does)
+    previous = os.environ.get("RUBRIC_RL_DEBUG")
+    if "--debug" in argv[1:]:  # show tracebacks (as RUBRIC_RL_DEBUG=1 does), for this command only
         argv = [a for a in argv if a != "--debug"]
         os.environ["RUBRIC_RL_DEBUG"] = "1"
     _setup_logging()
-    run_command(argv[0], command, argv[1:])
+    try:
+        run_command(argv[0], command, argv[1:])
+    finally:
+        if previous is None:
+            os.environ.pop("RUBRIC_RL_DEBUG", None)
+        else:
+            os.environ["RUBRIC_RL_DEBUG"] = previous
 
 
 def run_command(name: str, command, argv: list[str]) -> None:
     """Run one subcommand; user errors and an unavailable teacher become one line on stderr and an exit code
     (2: user error, 3: teacher unavailable, 1: nothing produced), unless --debug / RUBRIC_RL_DEBUG=1."""
-    from .errors import EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR, UserError, debug_enabled, one_line
+    from .errors import (EXIT_NOTHING_PRODUCED, EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR, TrainingStalled, UserError,
+                         debug_enabled, one_line)
     from .teachers.base import TeacherUnavailable
 
     try:
@@ -193,6 +220,11 @@ def run_command(name: str, command, argv: list[str]) -> None:
             raise
         print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_TEACHER_UNAVAILABLE) from None
+    except TrainingStalled as err:
+        if debug_enabled():
+            raise
+        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_NOTHING_PRODUCED) from None
 
 
 if __name__ == "__main__":

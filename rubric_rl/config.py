@@ -107,12 +107,26 @@ class RubricRLArguments:
         default=256, metadata={"help": "Window (valid scores) of the 'running' influence scaling."}
     )
     reward_if_min_rel: float = field(
-        default=0.05,
-        metadata={"help": "'running' scaling: floor on the window's spread, as a share of its mean |score| (a "
-                          "window of near-identical scores must not turn noise into the full reward range)."},
+        default=0.0,
+        metadata={"help": "'running' scaling: floor on the window's spread, as a share of its mean |score|, so that "
+                          "a window of near-identical noisy scores is not stretched to the full range. Off (0) by "
+                          "default: the exact 'dot' scores carry no projection noise, and on SmolLM2-135M they "
+                          "differ by ~1-2 percent of their mean (a shared momentum part), so a 5 percent floor flattened them."},
     )
     reward_if_scale: float = field(
         default=1.0, metadata={"help": "Multiplier on the (scaled) influence score."}
+    )
+    preflight_rubrics: int = field(
+        default=8,
+        metadata={"help": "Before RL, sample this many rubrics (one per document, the GRPO sampling settings) and "
+                          "report how many parse. None parsing stops the run (exit 1) with what to change "
+                          "(rubric_format: list, policy_sft_warmstart, a larger policy); under 25 percent warns. 0 = skip."},
+    )
+    stall_steps: int = field(
+        default=10,
+        metadata={"help": "Stop the run (exit 1, nothing exported) when for this many consecutive logged steps every reward "
+                          "was None (nothing scorable) or no GRPO group had any reward spread (zero advantage: the "
+                          "policy gets no gradient). 0 turns the guard off."},
     )
     evaluate_config: str | None = field(
         default=None,
@@ -170,6 +184,10 @@ class RubricRLArguments:
                 raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
             if "trained" in parse_sources(self.evaluate_sources or []):
                 raise ValueError("evaluate_sources: the name 'trained' is the generator this run trains")
+        if self.preflight_rubrics < 0:
+            raise ValueError(f"preflight_rubrics must be >= 0, got {self.preflight_rubrics!r}")
+        if self.stall_steps < 0:
+            raise ValueError(f"stall_steps must be >= 0, got {self.stall_steps!r}")
         if self.reward_if_window < 1:
             raise ValueError(f"reward_if_window must be >= 1, got {self.reward_if_window!r}")
         if self.reward_if_min_rel < 0:

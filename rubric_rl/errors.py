@@ -22,6 +22,11 @@ class UserError(ValueError):
     """A mistake in the user's input; the message (one line) says what and where."""
 
 
+class TrainingStalled(RuntimeError):
+    """RL cannot learn from what it gets (every reward None, or no reward spread in any group for many steps);
+    the run stops with exit 1 and exports nothing."""
+
+
 def debug_enabled() -> bool:
     return os.environ.get("RUBRIC_RL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 

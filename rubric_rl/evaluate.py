@@ -516,8 +516,10 @@ def _ranks(x: list[float]) -> list[float]:
     return ranks
 
 
-def correlation(x: list[float], y: list[float], *, permutations: int = 10000, seed: int = 0) -> dict:
-    """Pearson r, Spearman rho, and a two-sided permutation p-value of r (no scipy needed)."""
+def correlation(x: list[float], y: list[float], *, permutations: int = 10000, seed: int = 0,
+                bootstrap: int = 2000) -> dict:
+    """Pearson r, Spearman rho, a two-sided permutation p-value of r, and a 95% percentile bootstrap interval
+    of r over (x, y) pairs resampled with replacement (no scipy needed)."""
     pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
     r = pearson(xs, ys)
@@ -532,6 +534,15 @@ def correlation(x: list[float], y: list[float], *, permutations: int = 10000, se
             rp = pearson(xs, yy)
             hits += rp is not None and abs(rp) >= abs(r) - 1e-12
         out["p_permutation"] = (hits + 1) / (permutations + 1)
+        boot = []
+        for _ in range(bootstrap):
+            idx = [rng.randrange(len(xs)) for _ in xs]
+            rb = pearson([xs[i] for i in idx], [ys[i] for i in idx])
+            if rb is not None:
+                boot.append(rb)
+        boot.sort()
+        out["pearson_ci95"] = ([boot[int(0.025 * (len(boot) - 1))], boot[int(0.975 * (len(boot) - 1))]]
+                               if len(boot) >= 20 else None)
     return out
 
 

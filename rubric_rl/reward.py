@@ -62,7 +62,7 @@ class RunningScaler:
     near-identical scores does not turn noise into a full-range reward.
     """
 
-    def __init__(self, window: int = 256, min_rel: float = 0.05):
+    def __init__(self, window: int = 256, min_rel: float = 0.0):
         from collections import deque
 
         self.values: deque[float] = deque(maxlen=window)
@@ -154,7 +154,7 @@ class InfluenceReward:
 
     def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
                  scaling: str = "running", scale: float = 1.0, novelty_weight: float = 0.0,
-                 log_path: str | Path | None = None, if_window: int = 256, if_min_rel: float = 0.05,
+                 log_path: str | Path | None = None, if_window: int = 256, if_min_rel: float = 0.0,
                  rubric_format: str = "json"):
         self.synthesizer = synthesizer
         self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -67,6 +68,36 @@ class MetricsJsonlCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+class StallGuard(TrainerCallback):
+    """Stops a run that cannot learn: ``stall_steps`` consecutive logged steps on which every reward was None
+    (``unscorable_rate`` 1) or no group had reward spread (TRL's ``frac_reward_zero_std`` 1, e.g. every rubric
+    unparseable, so every rollout gets the same penalty). Raises :class:`~rubric_rl.errors.TrainingStalled`
+    (exit 1, nothing exported) instead of "training" for hours on zero gradients."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.run = 0
+        self.last: dict = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.steps or not logs or "reward" not in logs:
+            return
+        none = float(logs.get("unscorable_rate", 0) or 0) >= 1.0
+        flat = float(logs.get("frac_reward_zero_std", 0) or 0) >= 1.0
+        self.run = self.run + 1 if (none or flat) else 0
+        self.last = logs
+        if self.run >= self.steps:
+            from .errors import TrainingStalled
+
+            why = "every reward was None (nothing could be scored)" if none else \
+                "no GRPO group had any reward spread (zero advantages, no policy gradient)"
+            raise TrainingStalled(
+                f"stopped at step {state.global_step}: for {self.run} consecutive steps {why}; last step: "
+                f"rubric_parse_rate={logs.get('rubric_parse_rate')}, valid_rate={logs.get('valid_rate')}, "
+                f"unscorable_rate={logs.get('unscorable_rate')}; see rollouts.jsonl for the outcomes (nothing was "
+                "exported; stall_steps: 0 turns this guard off)")
 
 
 def _keep_lines(path: Path, keep) -> None:
@@ -219,6 +250,44 @@ def _prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influen
     return prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
 
 
+def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
+    """Sample ``args.preflight_rubrics`` rubrics from the policy as GRPO will (same prompt, temperature and
+    length) and count how many parse. Raises TrainingStalled when none does: GRPO would see the same
+    penalty on every rollout and learn nothing."""
+    from .errors import TrainingStalled
+    from .generator import RubricGenerator
+
+    n = min(args.preflight_rubrics, len(documents))
+    if n == 0:
+        return {}
+    t0 = time.perf_counter()
+    gen = RubricGenerator(model, tokenizer, task=args.task_description, max_document_chars=args.max_document_chars,
+                          max_new_tokens=grpo_args.max_completion_length or 256, temperature=grpo_args.temperature,
+                          top_p=grpo_args.top_p, device=model.device, rubric_format=args.rubric_format)
+    import random
+
+    was_training, py_state = model.training, random.getstate()
+    # RNG-neutral: the run samples exactly what it would without the check.
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        out = gen.generate_raw([d["text"] for d in documents[:n]], seed=grpo_args.seed, batch_size=n)
+    random.setstate(py_state)
+    model.train(was_training)
+    tokenizer.padding_side = "left"
+    ok = sum(g.rubric is not None for g in out)
+    reasons = dict(Counter(g.reason for g in out if g.reason))
+    logger.info("pre-flight: %d/%d sampled rubrics parse (%s) in %.1f s", ok, n, reasons or "all parsed",
+                time.perf_counter() - t0)
+    if ok == 0:
+        raise TrainingStalled(
+            f"pre-flight: 0 of {n} rubrics sampled from {args.policy_model_name_or_path} parse as rubric_format="
+            f"{args.rubric_format!r} ({reasons}); GRPO would give every rollout the same penalty and learn nothing. "
+            "Try rubric_format: list (small models), policy_sft_warmstart: true, a lower temperature, a larger "
+            "max_completion_length, or a stronger policy (preflight_rubrics: 0 skips this check)")
+    if ok / n < 0.25:
+        logger.warning("pre-flight: only %d/%d rubrics parse; most rollouts will get the invalid penalty", ok, n)
+    return {"parsed": ok, "sampled": n, "reasons": reasons}
+
+
 # --------------------------------------------------------------------------- main entry
 def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     """Run the whole job; returns a summary (export path, reward first vs last 20%)."""
@@ -254,6 +323,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     if args.policy_sft_warmstart:
         model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
 
+    preflight = preflight_parse_rate(args, grpo_args, model, tokenizer, documents)
+
     # The target's warm-up runs once: rank 0 trains, the other ranks wait for its completion file (no
     # barrier, so a long warm-up cannot time out the process group). Each process then loads it on its device.
     run_warmup(influence_cfg, output_dir)
@@ -286,14 +357,15 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=rl_args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=_policy_peft_config(args),
-        callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward)],
+        callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward),
+                   StallGuard(args.stall_steps)],
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes), **provenance()}
+               "outcomes": dict(reward.stats.outcomes), "preflight": preflight, **provenance()}
     if state.is_main_process:
         from .export import export_run
 

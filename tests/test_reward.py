@@ -200,3 +200,48 @@ def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
     extras2 = {}
     with_nov(prompts=["p", "q", "p", "p"], **kw, log_extra=extras2.__setitem__)
     assert extras2["novelty"] == [1.0, 1.0, 1.0, None]
+
+
+def test_stall_guard_stops_a_run_that_cannot_learn():
+    from types import SimpleNamespace
+
+    from rubric_rl.errors import TrainingStalled
+    from rubric_rl.train import StallGuard
+
+    state = SimpleNamespace(global_step=0)
+    guard = StallGuard(3)
+    flat = {"reward": -0.1, "frac_reward_zero_std": 1.0, "unscorable_rate": 0.0, "rubric_parse_rate": 0.0}
+    ok = {"reward": 0.3, "frac_reward_zero_std": 0.5, "unscorable_rate": 0.0}
+    for logs in (flat, flat, ok, flat, flat):  # a step with spread resets the count
+        state.global_step += 1
+        guard.on_log(None, state, None, logs=logs)
+    with pytest.raises(TrainingStalled, match="no GRPO group had any reward spread"):
+        state.global_step += 1
+        guard.on_log(None, state, None, logs=flat)
+    none = StallGuard(2)
+    none.on_log(None, state, None, logs={"reward": 0.0, "unscorable_rate": 1.0})
+    with pytest.raises(TrainingStalled, match="every reward was None"):
+        none.on_log(None, state, None, logs={"reward": 0.0, "unscorable_rate": 1.0})
+    off = StallGuard(0)
+    for _ in range(20):
+        off.on_log(None, state, None, logs=flat)  # 0 turns it off
+
+
+def test_preflight_stops_a_policy_that_writes_no_rubric(tiny_tokenizer):
+    import torch
+    from types import SimpleNamespace
+
+    from rubric_rl.config import RubricRLArguments
+    from rubric_rl.errors import TrainingStalled
+    from rubric_rl.models import TinySpec, build_tiny_model
+    from rubric_rl.train import preflight_parse_rate
+
+    model = build_tiny_model(TinySpec(hidden=32, layers=2, heads=4, seed=0), tiny_tokenizer)  # random: no JSON
+    args = RubricRLArguments(preflight_rubrics=3)
+    grpo = SimpleNamespace(max_completion_length=16, temperature=1.0, top_p=1.0, seed=0)
+    docs = [{"text": f"Drug {i} is used to treat migraine."} for i in range(5)]
+    before = torch.random.get_rng_state()
+    with pytest.raises(TrainingStalled, match="0 of 3 rubrics"):
+        preflight_parse_rate(args, grpo, model, tiny_tokenizer, docs)
+    assert torch.equal(before, torch.random.get_rng_state())  # the check does not shift the run's sampling
+    assert preflight_parse_rate(RubricRLArguments(preflight_rubrics=0), grpo, model, tiny_tokenizer, docs) == {}

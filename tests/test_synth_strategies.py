@@ -133,3 +133,16 @@ def test_parse_accepts_the_answer_label_small_models_write():
 
     msgs, reason = parse_sample("Question: Which condition is Belmozaline used to treat?\nThe answer: migraine.")
     assert reason is None and msgs[1]["content"] == "migraine."
+
+
+def test_parse_ends_the_answer_at_the_next_labelled_block():
+    from rubric_rl.synth.parse import parse_sample
+
+    text = ("Question:\nWhat is Rituvir?\n\nAnswer:\nRituvir is a triptan.\n\nThe answer is:\nRituvir is a triptan.\n\n"
+            "Question:\n<the question>\nAnswer:\nno")
+    msgs, reason = parse_sample(text)
+    assert reason is None and msgs == [{"role": "user", "content": "What is Rituvir?"},
+                                       {"role": "assistant", "content": "Rituvir is a triptan."}]
+    # a multi-line answer with its own reasoning is kept whole
+    mc = "Question: Which class?\nAnswer: Let's think step by step.\nX is a triptan.\nThe answer is (B)."
+    assert parse_sample(mc)[0][1]["content"] == "Let's think step by step.\nX is a triptan.\nThe answer is (B)."

@@ -46,8 +46,23 @@ def _clean(text: str | None) -> tuple[str, str | None]:
     return text, (None if text else "empty_output")
 
 
+# A labelled block after the answer: a small teacher that does not stop writes another "Question:", restates
+# "The answer is: ...", or echoes the prompt's "Rubric:" / section titles. The answer ends there (a stop
+# sequence applied after the fact).
+_NEXT_BLOCK = re.compile(
+    r"\n\s*(?:#+\s*|\*\*)?(?:question|prompt|answer|the answer(?: is)?|response|rubric|document|"
+    r"(?:prompt|response)-related aspects|prompt-response alignment|technical and trainability aspects)"
+    r"\s*(?:\*\*)?\s*[:：]", re.IGNORECASE)
+
+
+def _first_block(answer: str) -> str:
+    m = _NEXT_BLOCK.search(answer)
+    return answer[:m.start()] if m else answer
+
+
 def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
-    """``(messages, None)`` or ``(None, reason)``."""
+    """``(messages, None)`` or ``(None, reason)``. The answer ends at the next labelled block (``Question:``,
+    ``The answer is:``, ``Rubric:``...), which small teachers write when they do not stop."""
     text, reason = _clean(text)
     if reason:
         return None, reason
@@ -57,7 +72,7 @@ def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
         qa = (m.group("q"), m.group("a")) if m else _from_json(text)
     if qa is None:
         return None, "no_question_answer"
-    q, a = (s.strip() for s in qa)
+    q, a = qa[0].strip(), _first_block(qa[1]).strip()
     if not q:
         return None, "empty_question"
     if not a:
