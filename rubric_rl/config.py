@@ -91,8 +91,8 @@ class RubricRLArguments:
     )
     reward_invalid_penalty: float = field(
         default=0.1,
-        metadata={"help": "lambda in R = valid * IF - lambda * (1 - valid): reward of an unparseable rubric or a "
-                          "rejected sample."},
+        metadata={"help": "lambda in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid): the reward of an "
+                          "unparseable rubric or a rejected sample."},
     )
     reward_if_scaling: str = field(
         default="running",
@@ -236,9 +236,10 @@ def known_config_fields() -> set[str]:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from .evaluate import EvalConfig
+        from .calibrate import CalibrateArguments
+        from .evaluate import EvalArguments, EvalConfig
 
-        types.append(EvalConfig)
+        types += [EvalConfig, EvalArguments, CalibrateArguments]
     except ImportError:  # pragma: no cover
         pass
     return {f.name for t in types for f in dc.fields(t)}

@@ -4,6 +4,8 @@
   would be overwritten...). ``rubric-rl`` prints ``rubric-rl COMMAND: error: MESSAGE`` on stderr and exits 2.
 * :class:`TeacherUnavailable` (in :mod:`rubric_rl.teachers.base`): the teacher's infrastructure is down;
   exit 3.
+* :class:`TrainingStalled`: RL cannot learn from what it gets (pre-flight: no sampled rubric parses; during
+  training: nothing scorable or no reward spread for ``stall_steps``); exit 1, nothing exported.
 
 ``--debug`` (anywhere on the command line) or ``RUBRIC_RL_DEBUG=1`` shows the traceback instead.
 """

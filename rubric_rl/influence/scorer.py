@@ -3,16 +3,19 @@
 For a sample z, warm-up checkpoints i (weights, Adam moments, average learning rate lr_i) and validation
 examples v (subtasks s):
 
-- ``less`` (default): ``score(z) = sum_i w_i * max_s mean_{v in s} cos(P g_i(v), P Gamma_i(z))``,
+- ``dot`` (default): ``score(z) = sum_i lr_i * max_s mean_{v in s} <P g_i(v), P Gamma_i(z)>``, the first-order
+  predicted decrease of the (subtask's) mean validation loss after one optimizer step on z at each checkpoint;
+- ``less``: ``score(z) = sum_i w_i * max_s mean_{v in s} cos(P g_i(v), P Gamma_i(z))``,
   ``w_i = lr_i / sum_j lr_j``;
-- ``dot``: ``score(z) = sum_i lr_i * max_s mean_{v in s} <P g_i(v), P Gamma_i(z)>``, the first-order predicted
-  decrease of the (subtask's) mean validation loss after one optimizer step on z at each checkpoint;
 
 with ``g_i(v)`` the plain gradient of v's loss, ``Gamma_i(z)`` z's update direction (``influence_direction``)
-and ``P`` the Rademacher projection (identity if ``influence_proj_dim=0``). Larger = more helpful.
+and ``P`` the Rademacher projection (identity if ``influence_proj_dim=0``, the default). Larger = more helpful.
+Both aggregate validation examples by a mean within a subtask, so the validation side is kept as one mean
+direction per subtask and checkpoint (of unit rows for ``less``): ``[S, D]``, never ``[n_val, D]``.
 
 Validation features are computed once per checkpoint and cached under ``RUN_DIR/influence_cache/`` as
-safetensors with the JSON arguments that made them (validation file hash, checkpoint hash, projection...).
+safetensors (per-subtask sums and counts) with the JSON arguments that made them (validation file hash,
+checkpoint hash, projection...).
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ def _check_reusable(cfg: InfluenceConfig, saved: dict, wdir: Path) -> None:
         new["warmup_data_sha256"] = old.get("warmup_data_sha256")
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
     if diffs:
-        raise ValueError(
+        from ..errors import UserError
+
+        raise UserError(
             f"{wdir} holds a warm-up made with different arguments ({'; '.join(diffs)}). "
             f"Delete {wdir} to recompute it, or use another run directory."
         )
