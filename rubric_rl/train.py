@@ -100,6 +100,18 @@ class StallGuard(TrainerCallback):
                 "exported; stall_steps: 0 turns this guard off)")
 
 
+def count_valid_rollouts(output_dir: Path) -> int:
+    """Valid rollouts over the run's rollout logs (every process's file)."""
+    n = 0
+    for path in Path(output_dir).glob("rollouts*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                n += json.loads(line).get("outcome") == "valid"
+            except json.JSONDecodeError:
+                continue
+    return n
+
+
 def _keep_lines(path: Path, keep) -> None:
     """Rewrite a jsonl log keeping the lines whose ``step`` passes ``keep`` (used on resume)."""
     if not path.exists():
@@ -362,6 +374,15 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
+    state.wait_for_everyone()
+    if state.is_main_process:
+        valid = count_valid_rollouts(output_dir)
+        if valid == 0:
+            from .errors import TrainingStalled
+
+            raise TrainingStalled(f"no rollout of the whole run produced a valid sample (see {output_dir}/rollouts.jsonl"
+                                  " for the outcomes): every reward was a penalty or None, so nothing was learned "
+                                  "from influence; nothing was exported")
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),

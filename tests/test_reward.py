@@ -245,3 +245,12 @@ def test_preflight_stops_a_policy_that_writes_no_rubric(tiny_tokenizer):
         preflight_parse_rate(args, grpo, model, tiny_tokenizer, docs)
     assert torch.equal(before, torch.random.get_rng_state())  # the check does not shift the run's sampling
     assert preflight_parse_rate(RubricRLArguments(preflight_rubrics=0), grpo, model, tiny_tokenizer, docs) == {}
+
+
+def test_count_valid_rollouts_reads_every_process_log(tmp_path):
+    from rubric_rl.train import count_valid_rollouts
+
+    (tmp_path / "rollouts.jsonl").write_text('{"outcome": "ungrounded"}\n{"outcome": "rubric_no_rubric_found"}\n')
+    assert count_valid_rollouts(tmp_path) == 0
+    (tmp_path / "rollouts.rank1.jsonl").write_text('{"outcome": "valid"}\nnot json\n')
+    assert count_valid_rollouts(tmp_path) == 1
