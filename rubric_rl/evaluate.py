@@ -570,6 +570,9 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
 
     cfg = eval_cfg
     t_start = time.perf_counter()
+    from .provenance import provenance
+
+    made_by = provenance()  # at the start: the code that runs, not the HEAD at the end
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.eval_torch_num_threads:
@@ -697,9 +700,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     report = build_report(cfg, teacher_cfg, influence_cfg, resolved, runs, baseline, target=target,
                           influence_dir=influence_dir,
                           choices_per_item=[len(it["choices"]) for it in test_items if is_mc_item(it)])
-    from .provenance import provenance
-
-    report.update(provenance())
+    report.update(made_by)
     timing = {k: round(v, 3) for k, v in timing.items()}
     report["timing"] = timing
     report["plots"] = write_plots(report, resolved, out_dir)

@@ -316,6 +316,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .synth.verifiers import default_verifiers
     from .teachers.factory import build_teacher
 
+    made_by = provenance()  # at the start: the code that runs, not the HEAD at the end
     _ = grpo_args.device  # let TrainingArguments set up the process group (cpu/gloo, nccl, ...) first
     state = PartialState()
     output_dir = Path(grpo_args.output_dir)
@@ -386,7 +387,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes), "preflight": preflight, **provenance()}
+               "outcomes": dict(reward.stats.outcomes), "preflight": preflight, **made_by}
     if state.is_main_process:
         from .export import export_run
 

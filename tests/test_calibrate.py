@@ -49,6 +49,7 @@ def test_calibrate_writes_the_correlation_of_the_evaluation(quickstart_dir, tmp_
     assert json.loads((tmp_path / "out" / "calibration.json").read_text())["pearson_r"] == summary["pearson_r"]
     assert all(isinstance(x, float) for x in xs)  # influence was scored (the reward's estimator)
     assert report["config"]["eval"]["eval_finetune"] == "lora"
+    assert {"torch", "transformers", "trl", "peft", "accelerate"} <= set(report["versions"]) and "commit" in report
     assert "Pearson r" in format_calibration(summary)
 
 
