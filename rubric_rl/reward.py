@@ -79,9 +79,6 @@ class RunningScaler:
         scale = max(std, floor, 1e-30)
         return [1 / (1 + math.exp(-max(-60.0, min(60.0, (x - mean) / scale)))) for x in xs]
 
-    def state_dict(self) -> dict:
-        return {"values": list(self.values)}
-
 
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
                   scaling: str = "running", scale: float = 1.0,
