@@ -46,6 +46,7 @@ FREE_FIELDS = frozenset({
     "teacher_backoff_s", "teacher_max_backoff_s", "teacher_breaker_window", "teacher_breaker_max_failure_rate",
     "teacher_batch_size", "influence_device", "influence_batch_size", "influence_proj_memory_mb",
     "influence_proj_layerwise", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
+    "preflight_rubrics", "stall_steps",  # guards: they stop a run, they do not change what it computes
 })
 FREE_PREFIXES = ("logging_", "log_", "save_", "hub_", "evaluate_", "dataloader_", "eval_")
 
