@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from .stats import pearson, spearman
+
 logger = logging.getLogger(__name__)
 
 REPORT_FORMAT = 1
@@ -490,32 +492,6 @@ def _stats(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "min": min(vals), "max": max(vals), "n": len(vals), "values": values}
 
 
-def pearson(x: list[float], y: list[float]) -> float | None:
-    n = len(x)
-    if n < 3:
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx <= 0 or syy <= 0:
-        return None
-    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / math.sqrt(sxx * syy)
-
-
-def _ranks(x: list[float]) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    ranks = [0.0] * len(x)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def correlation(x: list[float], y: list[float], *, permutations: int = 10000, seed: int = 0,
                 bootstrap: int = 2000) -> dict:
     """Pearson r, Spearman rho, a two-sided permutation p-value of r, and a 95% percentile bootstrap interval
@@ -523,7 +499,7 @@ def correlation(x: list[float], y: list[float], *, permutations: int = 10000, se
     pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
     xs, ys = [a for a, _ in pairs], [b for _, b in pairs]
     r = pearson(xs, ys)
-    out = {"n": len(pairs), "pearson_r": r, "spearman_rho": pearson(_ranks(xs), _ranks(ys)) if r is not None else None,
+    out = {"n": len(pairs), "pearson_r": r, "spearman_rho": spearman(xs, ys) if r is not None else None,
            "p_permutation": None}
     if r is not None:
         rng = random.Random(seed)

@@ -79,7 +79,6 @@ class StallGuard(TrainerCallback):
     def __init__(self, steps: int):
         self.steps = steps
         self.run = 0
-        self.last: dict = {}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.steps or not logs or "reward" not in logs:
@@ -87,7 +86,6 @@ class StallGuard(TrainerCallback):
         none = float(logs.get("unscorable_rate", 0) or 0) >= 1.0
         flat = float(logs.get("frac_reward_zero_std", 0) or 0) >= 1.0
         self.run = self.run + 1 if (none or flat) else 0
-        self.last = logs
         if self.run >= self.steps:
             from .errors import TrainingStalled
 
@@ -254,14 +252,6 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     return model
 
 
-def _prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg) -> dict:
-    """Refuse to overwrite or mix runs in OUTPUT_DIR, clean it for --overwrite_output_dir, record accepted
-    argument changes on resume, and save rubric_rl_args.json (see rubric_rl.rundir)."""
-    from .rundir import prepare_output_dir
-
-    return prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
-
-
 def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
     """Sample ``args.preflight_rubrics`` rubrics from the policy as GRPO will (same prompt, temperature and
     length) and count how many parse. Raises TrainingStalled when none does: GRPO would see the same
@@ -311,6 +301,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .influence import InfluenceScorer, run_warmup
     from .models import load_causal_lm, load_tokenizer
     from .reward import InfluenceReward
+    from .rundir import prepare_output_dir
     from .synth.decontam import load_eval_items
     from .synth.engine import SampleSynthesizer
     from .synth.verifiers import default_verifiers
@@ -324,7 +315,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     set_seed(grpo_args.seed)
     if args.torch_num_threads:
         torch.set_num_threads(args.torch_num_threads)
-    _prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
+    # refuse to overwrite or mix runs, clean for --overwrite_output_dir, record accepted changes, save the args
+    prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
     dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)

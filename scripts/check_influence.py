@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from rubric_rl.data.documents import load_chat_samples
+from rubric_rl.provenance import provenance
 
 DEFAULT_VARIANTS = ["default", "dot/adam/center/0/last", "dot/adam/nocenter/0/all", "less/adam/center/0/all",
                     "less/adam/nocenter/0/all", "less/adam/nocenter/2048/all", "dot/adam/nocenter/2048/all",
@@ -48,8 +50,6 @@ def parse_variant(spec: str, base) -> object:
 
 
 def read_chat(path, limit=None):
-    from rubric_rl.data.documents import load_chat_samples
-
     rows = load_chat_samples(path)
     return [r["messages"] for r in rows][:limit]
 
@@ -73,7 +73,9 @@ def main(argv=None) -> int:
 
     from rubric_rl.config import RunDirArguments, parse_config
     from rubric_rl.influence import InfluenceScorer
-    from rubric_rl.influence.check import actual_decreases, auc, spearman
+    from rubric_rl.influence.check import actual_decreases, auc
+    from rubric_rl.influence.warmup import load_checkpoints, warmup_dir
+    from rubric_rl.stats import spearman
     from rubric_rl.influence.config import InfluenceConfig
 
     _, cfg = parse_config((RunDirArguments, InfluenceConfig), ["--config", a.config, "--output_dir", a.output_dir],
@@ -92,12 +94,11 @@ def main(argv=None) -> int:
 
     report = {"config": a.config, "target": cfg.target_model_name_or_path, "num_params": base.engine.num_params,
               "num_related": len(related), "num_unrelated": len(unrelated), "lr": a.lr, "variants": {},
-              "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft")},
-              "python": platform.python_version()}
+              **provenance()}
     truth = None
     if not a.no_first_order:
         t0 = time.perf_counter()
-        val_rows = __import__("rubric_rl.data.documents", fromlist=["x"]).load_chat_samples(cfg.influence_validation_data)
+        val_rows = load_chat_samples(cfg.influence_validation_data)
         truth = actual_decreases(model, tok, ckpts_all[-1], candidates, val_rows, lr=a.lr,
                                  max_length=cfg.influence_max_length, subtask_field=cfg.influence_subtask_field,
                                  device=device, progress=True)
@@ -106,8 +107,6 @@ def main(argv=None) -> int:
     for spec in a.variants:
         vcfg = parse_variant(spec, cfg)
         t0 = time.perf_counter()
-        from rubric_rl.influence.warmup import load_checkpoints, warmup_dir
-
         ckpts = load_checkpoints(warmup_dir(a.output_dir), model, vcfg.influence_checkpoints)
         scorer = InfluenceScorer(vcfg, model, tok, ckpts, device=device)
         scorer.load_validation(vcfg.influence_validation_data, cache_dir=Path(a.output_dir) / "influence_cache")
@@ -124,8 +123,11 @@ def main(argv=None) -> int:
             row["spearman_related"] = spearman(rel, truth["max_subtask"][:len(rel)])
             row["spearman_all_mean_loss"] = spearman(scores, truth["mean"])
         report["variants"][spec] = row
-        print(f"{spec:32s} AUC {row['auc']:.3f}" + (f"  Spearman all {row['spearman_all']:+.3f}  related "
-              f"{row['spearman_related']:+.3f}" if truth else "") + f"  ({row['seconds']} s)", flush=True)
+        def fmt(x):
+            return "-" if x is None else f"{x:+.3f}"
+
+        print(f"{spec:32s} AUC {row['auc']:.3f}" + (f"  Spearman all {fmt(row['spearman_all'])}  related "
+              f"{fmt(row['spearman_related'])}" if truth else "") + f"  ({row['seconds']} s)", flush=True)
     out = Path(a.output_dir) / "influence_check.json"
     out.write_text(json.dumps(report, indent=1))
     if truth is not None:

@@ -16,7 +16,6 @@ independent of the code it checks.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -30,33 +29,6 @@ def auc(pos: Sequence[float], neg: Sequence[float]) -> float:
         raise ValueError("auc needs at least one value on each side")
     wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     return wins / (len(pos) * len(neg))
-
-
-def _ranks(x: Sequence[float]) -> list[float]:
-    order = sorted(range(len(x)), key=lambda i: x[i])
-    r = [0.0] * len(x)
-    i = 0
-    while i < len(order):  # average ranks of ties
-        j = i
-        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            r[order[k]] = (i + j) / 2
-        i = j + 1
-    return r
-
-
-def pearson(a: Sequence[float], b: Sequence[float]) -> float:
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError("pearson needs two sequences of the same length >= 2")
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    da, db = [x - ma for x in a], [y - mb for y in b]
-    den = math.sqrt(sum(x * x for x in da) * sum(y * y for y in db))
-    return sum(x * y for x, y in zip(da, db)) / den if den > 0 else float("nan")
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    return pearson(_ranks(a), _ranks(b))
 
 
 @torch.no_grad()
