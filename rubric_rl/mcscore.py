@@ -127,24 +127,67 @@ def _upcast(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.24 names the forward's KV-cache argument ``cache``; earlier ones ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _supports_kv_cache(model) -> bool:
+    """A transformers causal LM (or a PEFT wrapper of one): forward takes ``past_key_values``."""
+    config = getattr(model, "config", None)
+    return config is not None and hasattr(model, "get_input_embeddings") and not getattr(
+        config, "is_encoder_decoder", False)
+
+
 @torch.no_grad()
 def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 32,
-                   pad_token_id: int = 0, max_length: int | None = None) -> list[float]:
+                   pad_token_id: int = 0, max_length: int | None = None, share_context: bool = True) -> list[float]:
     """``sum_t log p(cont_t | ctx, cont_<t)`` for each (context ids, continuation ids) pair.
 
     Sequences are right-padded (position ids stay those of an unpadded sequence); a pair longer than
     ``max_length`` loses tokens from the left of its context, never from its continuation.
+
+    With ``share_context`` (and a transformers model), requests that share one context -- the choices of a
+    multiple-choice item -- run the context once and its continuations on its KV cache: the same numbers
+    (to float rounding) for about a quarter of the compute with four choices. Pairs that need truncation
+    take the plain path.
     """
-    device = next(model.parameters()).device
+    for i, (_, cont) in enumerate(requests):
+        if not cont:
+            raise ValueError(f"request {i} has an empty continuation")
     out = [0.0] * len(requests)
-    order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
+    rest = list(range(len(requests)))
+    if share_context and _supports_kv_cache(model):
+        groups: dict[tuple, list[int]] = {}
+        for i, (ctx, cont) in enumerate(requests):
+            if ctx and (max_length is None or len(ctx) + len(cont) <= max_length):
+                groups.setdefault(tuple(ctx), []).append(i)
+        shared = [(list(ctx), idx) for ctx, idx in groups.items() if len(idx) > 1]
+        if shared:
+            done = set()
+            for ctx, idx in shared:
+                done.update(idx)
+            _shared_context_loglikelihoods(model, requests, shared, out, batch_size=batch_size,
+                                           pad_token_id=pad_token_id)
+            rest = [i for i in rest if i not in done]
+    if rest:
+        _plain_loglikelihoods(model, requests, rest, out, batch_size=batch_size, pad_token_id=pad_token_id,
+                              max_length=max_length)
+    return out
+
+
+def _plain_loglikelihoods(model, requests, which: list[int], out: list[float], *, batch_size: int,
+                          pad_token_id: int, max_length: int | None) -> None:
+    device = next(model.parameters()).device
+    order = sorted(which, key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         seqs, spans = [], []
         for i in idx:
             ctx, cont = requests[i]
-            if not cont:
-                raise ValueError(f"request {i} has an empty continuation")
             seq = list(ctx) + list(cont)
             if max_length is not None and len(seq) > max_length:
                 seq = seq[len(seq) - max_length:]
@@ -160,7 +203,47 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], *, batch_
             targets = ids[row, a:b]
             # logits at position t predict token t + 1
             out[i] = float(logp[row, a - 1:b - 1].gather(1, targets[:, None]).sum())
-    return out
+
+
+def _shared_context_loglikelihoods(model, requests, groups: list[tuple[list[int], list[int]]], out: list[float], *,
+                                   batch_size: int, pad_token_id: int) -> None:
+    """Contexts left-padded and run once with ``use_cache``; the cache rows repeated per continuation; the
+    continuations right-padded and run on it (position ids continue each context's own)."""
+    device = next(model.parameters()).device
+    groups = sorted(groups, key=lambda g: -len(g[0]))
+    for start in range(0, len(groups), batch_size):
+        batch = groups[start:start + batch_size]
+        width = max(len(ctx) for ctx, _ in batch)
+        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, (ctx, _) in enumerate(batch):
+            ids[r, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
+            mask[r, width - len(ctx):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        first_logp = torch.log_softmax(_upcast(res.logits[:, -1]), dim=-1)  # predicts each continuation's 1st token
+        rows = [(r, i) for r, (_, idx) in enumerate(batch) for i in idx]
+        rep = torch.tensor([r for r, _ in rows], dtype=torch.long, device=device)
+        cache = getattr(res, "cache", None) or res.past_key_values
+        cache.reorder_cache(rep)
+        conts = [list(requests[i][1]) for _, i in rows]
+        cwidth = max(len(c) for c in conts)
+        cids = torch.full((len(rows), cwidth), pad_token_id, dtype=torch.long)
+        cmask = torch.zeros((len(rows), cwidth), dtype=torch.long)
+        for k, c in enumerate(conts):
+            cids[k, :len(c)] = torch.tensor(c, dtype=torch.long)
+            cmask[k, :len(c)] = 1
+        cids, cmask = cids.to(device), cmask.to(device)
+        cpos = mask.sum(-1)[rep][:, None] + torch.arange(cwidth, device=device)[None, :]
+        logits = model(input_ids=cids, attention_mask=torch.cat([mask[rep], cmask], dim=1), position_ids=cpos,
+                       use_cache=True, **{_cache_kwarg(model): cache}).logits
+        logp = torch.log_softmax(_upcast(logits), dim=-1)
+        for k, ((r, i), c) in enumerate(zip(rows, conts)):
+            total = first_logp[r, c[0]]
+            if len(c) > 1:
+                total = total + logp[k, :len(c) - 1].gather(1, cids[k, 1:len(c), None]).sum()
+            out[i] = float(total)
 
 
 def choose(scores: list[float], continuations: list[str]) -> tuple[int, int]:

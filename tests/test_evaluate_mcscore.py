@@ -126,3 +126,32 @@ def test_answer_loss_equals_the_models_own_loss(tiny_tokenizer, quickstart_dir):
                 count += 1
     assert res["tokens"] == count
     assert res["loss"] == pytest.approx(total / count, rel=1e-9)
+
+
+def test_shared_context_path_matches_the_plain_path(tiny_tokenizer):
+    """Choices sharing a context run it once on a KV cache: the same log-likelihoods as full sequences,
+    whatever the batching, with mixed group sizes, unshared requests and a truncated pair in the mix."""
+    from rubric_rl.mcscore import _supports_kv_cache
+    from rubric_rl.models import load_causal_lm
+
+    model = load_causal_lm("tiny:hidden=32,layers=2,heads=4,seed=3", tiny_tokenizer).eval()
+    assert _supports_kv_cache(model) and not _supports_kv_cache(Bigram(P))
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n):
+        return torch.randint(5, 200, (n,), generator=g).tolist()
+
+    c1, c2, c3 = ids(9), ids(4), ids(13)
+    requests = [(c1, ids(3)), (c1, ids(1)), (c1, ids(5)), (c1, ids(2)),   # 4 choices of one item
+                (c2, ids(2)), (c2, ids(6)),                             # 2 choices, a shorter context
+                (c3, ids(3)),                                           # a lone request: plain path
+                (c3 + [7], ids(2)), (c3 + [7], ids(2))]                 # a longer context
+    plain = loglikelihoods(model, requests, batch_size=32, share_context=False)
+    for bs in (1, 2, 32):
+        shared = loglikelihoods(model, requests, batch_size=bs)
+        assert shared == pytest.approx(plain, abs=1e-4)
+    # max_length=12: c1 + its 5-token choice (14) and both c3 contexts are truncated: those pairs take the
+    # plain path, the rest of c1's choices still share their context
+    trunc_plain = loglikelihoods(model, requests, max_length=12, share_context=False)
+    assert loglikelihoods(model, requests, max_length=12) == pytest.approx(trunc_plain, abs=1e-4)
+    assert trunc_plain != pytest.approx(plain, abs=1e-4)  # truncation did change something: the case is live
