@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_command(name: str, command, argv: list[str]) -> None:
     """Run one subcommand; user errors and an unavailable teacher become one line on stderr and an exit code
-    (2: user error, 3: teacher unavailable, 1: nothing produced), unless --debug / RUBRIC_RL_DEBUG=1."""
-    from .errors import (EXIT_NOTHING_PRODUCED, EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR, TrainingStalled, UserError,
-                         debug_enabled, one_line)
+    (2: user error, 3: teacher unavailable, 1: nothing produced, 4: disk full), unless --debug /
+    RUBRIC_RL_DEBUG=1."""
+    from .errors import (EXIT_DISK_FULL, EXIT_NOTHING_PRODUCED, EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR,
+                         TrainingStalled, UserError, debug_enabled, is_disk_full, one_line)
     from .teachers.base import TeacherUnavailable
 
     try:
@@ -225,6 +226,13 @@ def run_command(name: str, command, argv: list[str]) -> None:
             raise
         print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_NOTHING_PRODUCED) from None
+    except OSError as err:
+        if debug_enabled() or not is_disk_full(err):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"rubric-rl {name}: error: disk full{where} ({one_line(err.strerror or err)}); what was written up to "
+              "the last checkpoint is kept: free space and rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(EXIT_DISK_FULL) from None
 
 
 if __name__ == "__main__":

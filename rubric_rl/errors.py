@@ -6,6 +6,9 @@
   exit 3.
 * :class:`TrainingStalled`: RL cannot learn from what it gets (pre-flight: no sampled rubric parses; during
   training: nothing scorable or no reward spread for ``stall_steps``); exit 1, nothing exported.
+* A full disk (``OSError`` ENOSPC / EDQUOT while writing): exit 4, one line naming the file. Every writer
+  checkpoints data before the state that points at it, so rerunning the same command resumes from the last
+  checkpoint once space is freed.
 
 ``--debug`` (anywhere on the command line) or ``RUBRIC_RL_DEBUG=1`` shows the traceback instead.
 """
@@ -18,6 +21,13 @@ import os
 EXIT_USER_ERROR = 2
 EXIT_TEACHER_UNAVAILABLE = 3
 EXIT_NOTHING_PRODUCED = 1
+EXIT_DISK_FULL = 4
+
+
+def is_disk_full(err: BaseException) -> bool:
+    import errno
+
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class UserError(ValueError):

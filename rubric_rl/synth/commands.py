@@ -280,6 +280,9 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                  "queries": 0, "accepted": 0, "rejected": {}, "rejected_by_verifier": {}, "skipped": {},
                  "surplus": 0, "rubrics_generated": 0, "rubrics_unparseable": 0, "elapsed_s": 0.0,
                  "retry_items": [], "infrastructure_failures": 0}
+        # Before the output exists: a run killed before its first checkpoint leaves a state at offset 0, so
+        # the rerun resumes (truncating what was half-written) instead of refusing a file without a state.
+        write_json_atomic(paths["state"], state)
     strategy = state["strategy"]
     if strategy != NEW_QUESTION and not seeds:
         raise ValueError(f"strategy {strategy!r} needs synth_seed_samples")
