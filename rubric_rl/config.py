@@ -271,8 +271,8 @@ def read_config_file(path: str) -> tuple[dict, dict[str, int]]:
     :class:`~rubric_rl.errors.UserError` naming the file, and for syntax errors ``file:line:column``."""
     import yaml
 
-    from .data.documents import DataFileError, read_text
-    from .errors import UserError
+    from .errors import DataFileError, UserError
+    from .jsonl import read_text
 
     try:
         text = read_text(path)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from .jsonl import iter_log_rows, write_jsonl
 from .stats import pearson, spearman
 
 logger = logging.getLogger(__name__)
@@ -631,10 +632,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
             ds_path = None
             if cfg.eval_save_datasets:
                 ds_path = out_dir / "datasets" / src.name / f"seed{seed}.jsonl"
-                ds_path.parent.mkdir(parents=True, exist_ok=True)
-                with ds_path.open("w", encoding="utf-8") as fh:
-                    for s in samples:
-                        fh.write(json.dumps(s, ensure_ascii=False) + "\n")
+                write_jsonl(ds_path, samples)
 
             infl = {"mean": None, "std": None, "scored": 0}
             if cfg.eval_influence and samples:
@@ -762,15 +760,7 @@ def reward_curve(run_dir: str | None) -> dict:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return {"run_dir": run_dir, "available": False, "why": f"{path} not found"}
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "reward" in row and "step" in row:
-                rows.append(row)
+    rows = [row for row in iter_log_rows(path) if "reward" in row and "step" in row]
     if not rows:
         return {"run_dir": run_dir, "available": False, "why": f"{path} holds no reward rows"}
     w = max(1, len(rows) // 5)

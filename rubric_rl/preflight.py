@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data.documents import (DataFileError, check_file, load_chat_samples, load_documents, load_rubric_file,
-                             read_text)
-from .errors import UserError
+from .data.documents import load_chat_samples, load_documents, load_rubric_file
+from .errors import DataFileError, UserError
+from .jsonl import check_file, read_text
 
 
 def _named(field: str, fn, *args, **kwargs):

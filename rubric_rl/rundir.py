@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .jsonl import append_jsonl
 
 ARGS_FILE = "rubric_rl_args.json"
 CHANGES_FILE = "args_changes.jsonl"
@@ -155,9 +156,9 @@ def prepare_output_dir(output_dir: Path, state, args, grpo_args, teacher_cfg, in
         if decision["action"] == "overwrite":
             decision["removed"] = remove_run_state(output_dir)
         if decision["changes"]:
-            with (output_dir / CHANGES_FILE).open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": decision["step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "changes": decision["changes"]}, default=str) + "\n")
+            append_jsonl(output_dir / CHANGES_FILE, [{"step": decision["step"],
+                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      "changes": decision["changes"]}], ensure_ascii=True, default=str)
         save_run_args(output_dir, **configs)
     state.wait_for_everyone()
     return decision

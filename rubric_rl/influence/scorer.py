@@ -36,6 +36,7 @@ import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
+from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
 from .config import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
@@ -504,7 +505,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                                 heapq.heappush(top, item)
                             else:
                                 heapq.heappushpop(top, item)
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.write(dumps_line(row))
             bar.update(len(chunk))
     bar.close()
     scorer.progress = scorer_progress
