@@ -93,7 +93,8 @@ def format_calibration(summary: dict) -> str:
 
 def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) -> dict:
     from .errors import UserError
-    from .evaluate import evaluate, parse_sources
+    from .evaluate import parse_sources
+    from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
 
     sources = parse_sources(args.sources)
     n = len(sources) * len(eval_cfg.eval_seeds)
