@@ -33,6 +33,7 @@ from trl import GRPOTrainer
 
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .provenance import provenance
+from .rundir import _resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +126,6 @@ class InfluenceHistogramCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------- helpers
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj) if not hasattr(obj, "to_dict") else obj.to_dict()
-    return json.loads(json.dumps(obj, default=str))
-
-
-def save_run_args(output_dir: Path, **configs) -> None:
-    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
-    for cfg in data.values():  # never store tokens
-        for key in list(cfg):
-            if "token" in key and key.endswith(("_token", "hub_token")):
-                cfg[key] = None
-    (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-
-
 def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -> dict:
     """Mean of a logged metric (the reward by default) over the first vs the last ``frac`` of logged steps."""
     rows = read_jsonl(metrics_path) if metrics_path.exists() else []
@@ -149,16 +135,6 @@ def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -
     k = max(1, int(round(len(values) * frac)))
     first, last = sum(values[:k]) / k, sum(values[-k:]) / k
     return {"steps": len(values), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
-
-
-def _resume_arg(value):
-    if value is None or value is False:
-        return None
-    if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
-        return True
-    if isinstance(value, str) and value.lower() in ("false", "0", "no", ""):
-        return None
-    return value
 
 
 def _policy_peft_config(args):
@@ -284,7 +260,6 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .influence import InfluenceScorer, run_warmup
     from .models import load_causal_lm, load_tokenizer
     from .reward import InfluenceReward
-    from .rundir import prepare_output_dir
     from .synth.decontam import load_eval_items
     from .synth.engine import SampleSynthesizer
     from .synth.verifiers import default_verifiers

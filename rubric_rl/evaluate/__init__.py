@@ -24,16 +24,16 @@ metrics per source, mean +- std over seeds, seeds as dots, the untrained target 
 the (source, seed) datasets), ``reward_curve_<source>.png`` for generator sources whose export names its
 run (``rubric_rl_export.json`` -> ``run_dir`` -> ``metrics.jsonl``), and ``datasets/<source>/seed<k>.jsonl``.
 
-The package, one step a module: :mod:`.config` (``EvalConfig``, ``EvalArguments``, ``parse_sources``),
-:mod:`.synthesis` (sources, the synthesis plan, dataset statistics), :mod:`.finetuning` (the AdamW loop),
-:mod:`.heldout` (held-out scoring), :mod:`.stats` (summaries, correlation), :mod:`.report` (report dict,
-markdown), :mod:`.plots`, :mod:`.run` (:func:`evaluate`) and :mod:`.cli` (:func:`cmd_evaluate`). This module
+The package, one step a module: :mod:`.synthesis` (sources, the synthesis plan, dataset statistics),
+:mod:`.finetuning` (the AdamW loop), :mod:`.heldout` (held-out scoring), :mod:`.stats` (summaries,
+correlation), :mod:`.report` (report dict, markdown), :mod:`.plots` and :mod:`.run` (:func:`evaluate`). The
+configuration (``EvalConfig``, ``EvalArguments``, ``parse_sources``) is :mod:`rubric_rl.configs.evaluate`;
+the command (``cmd_evaluate``: parse, pre-flight, run, print) is in :mod:`rubric_rl.cli`. This module
 re-exports the names other modules and the tests use.
 """
 
-from .cli import _merge_repeated, cmd_evaluate
-from .config import (FINETUNE_MODES, LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT, SCHEDULERS, EvalArguments,
-                     EvalConfig, parse_sources)
+from ..configs.evaluate import (FINETUNE_MODES, LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT, SCHEDULERS,
+                                EvalArguments, EvalConfig, parse_sources)
 from .finetuning import finetune, load_target
 from .heldout import heldout_metrics
 from .plots import write_plots
@@ -43,7 +43,7 @@ from .stats import correlation
 from .synthesis import Source, dataset_stats, distinct_n, resolve_source, synthesize_dataset
 
 __all__ = ["FINETUNE_MODES", "LOWER_IS_BETTER", "PRIMARY_METRICS", "REPORT_FORMAT", "SCHEDULERS", "EvalArguments",
-           "EvalConfig", "Source", "_merge_repeated", "build_report", "cmd_evaluate", "correlation", "dataset_stats",
+           "EvalConfig", "Source", "build_report", "correlation", "dataset_stats",
            "distinct_n", "evaluate", "finetune", "format_markdown", "format_paired", "format_table",
            "heldout_metrics", "load_target", "parse_sources", "resolve_source", "reward_curve",
            "synthesize_dataset", "write_plots"]

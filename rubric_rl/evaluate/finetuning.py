@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from .config import EvalConfig
+from ..configs.evaluate import EvalConfig
 
 
 def _device(name: str) -> torch.device:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import EvalConfig
+from ..configs.evaluate import EvalConfig
 
 
 def heldout_metrics(model, tokenizer, test_items: list[dict], cfg: EvalConfig) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import LOWER_IS_BETTER, PRIMARY_METRICS
+from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS
 from .report import _fmt
 from .synthesis import Source
 

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
 from ..jsonl import iter_log_rows
-from .config import LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
 from .stats import _stats, correlation
 from .synthesis import Source
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ..configs.evaluate import PRIMARY_METRICS, EvalConfig
 from ..jsonl import write_jsonl
-from .config import PRIMARY_METRICS, EvalConfig
 from .finetuning import _device, finetune, load_target
 from .heldout import heldout_metrics
 from .plots import write_plots

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 import random
 
+from ..configs.evaluate import LOWER_IS_BETTER
 from ..stats import pearson, spearman
-from .config import LOWER_IS_BETTER
 
 
 def _stats(values: list[float]) -> dict:

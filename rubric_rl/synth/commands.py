@@ -26,6 +26,10 @@ failed for infrastructure reasons (timeout, connection, HTTP 5xx/408/429) is not
 tried again in a later chunk (at most ``INFRA_RETRIES_PER_ITEM`` times, after which it counts as a
 rejected query), and the teacher's circuit breaker stops the run with ``TeacherUnavailable`` (the lines
 written so far are kept; a rerun resumes) when the endpoint is down.
+
+Over 500 lines because ``synthesize`` is still one resumable loop with its state, sinks and retries inline;
+issue 10 (one synthesis pipeline: a rubric source type, an item planner, file and in-memory sinks shared with
+``rubric_rl.evaluate``) splits it, and that change also changes what the evaluation samples.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """The evaluation's configuration: :class:`EvalConfig` (flat ``eval_*`` fields, parsed with the teacher and
-influence configs), :class:`EvalArguments` (``--sources``, ``--output``) and :func:`parse_sources`."""
+influence configs), :class:`EvalArguments` (``--sources``, ``--output``), :func:`parse_sources` and the
+metric constants. Read by ``rubric_rl.evaluate``, ``calibrate``, ``preflight`` and ``config`` (train's
+``evaluate_sources``, the shared YAML's known fields)."""
 
 from __future__ import annotations
 
