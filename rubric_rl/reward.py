@@ -139,10 +139,7 @@ class RewardStats:
     """Counts since the start of the run (all outcomes, by reason)."""
 
     outcomes: Counter = field(default_factory=Counter)
-    calls: int = 0
-
-    def to_dict(self) -> dict:
-        return {"calls": self.calls, "outcomes": dict(self.outcomes)}
+    calls: int = 0  # reward calls of this process
 
 
 class InfluenceReward:

@@ -135,10 +135,6 @@ class Decontaminator:
         n = min(self.ngram, len(toks))
         return [(tuple(toks[i:i + n]), i) for i in range(len(toks) - n + 1)]
 
-    @classmethod
-    def from_files(cls, paths, **kwargs) -> "Decontaminator":
-        return cls(load_eval_items(paths), **kwargs)
-
     def __len__(self) -> int:
         return len(self._sources)
 
