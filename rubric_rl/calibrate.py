@@ -16,32 +16,10 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-
-@dataclass
-class CalibrateArguments:
-    sources: list[str] = field(
-        default=None, metadata={"help": "NAME=SPEC rubric sources (rubrics JSON, exported generator folder, or "
-                                        "'none'); each is evaluated with every seed of eval_seeds."})
-    output: str = field(default=None, metadata={"help": "Report folder (calibration.json/md, report.*, plots)."})
-    run_dir: str | None = field(
-        default=None, metadata={"help": "A training run's folder whose warmup/ and influence_cache/ the reward used "
-                                        "(default: OUTPUT/influence, made there)."})
-    calibrate_full_finetune: bool = field(
-        default=False, metadata={"help": "Fine-tune all weights instead of the warm-up's LoRA regime."})
-    calibrate_min_datasets: int = field(
-        default=8, metadata={"help": "Refuse fewer (source x seed) datasets than this: a correlation over a "
-                                     "handful of points says little."})
-
-    def __post_init__(self):
-        from .errors import UserError
-
-        if not self.sources:
-            raise UserError("--sources is required (NAME=SPEC ...)")
-        if not self.output:
-            raise UserError("--output is required (the report folder)")
+from .configs.calibrate import CalibrateArguments
 
 
 def calibration_config(eval_cfg, influence_cfg, args: CalibrateArguments):
@@ -93,7 +71,8 @@ def format_calibration(summary: dict) -> str:
 
 def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) -> dict:
     from .errors import UserError
-    from .evaluate import evaluate, parse_sources
+    from .configs.evaluate import parse_sources
+    from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
 
     sources = parse_sources(args.sources)
     n = len(sources) * len(eval_cfg.eval_seeds)
@@ -113,8 +92,8 @@ def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) ->
 
 
 def cmd_calibrate(argv: list[str] | None = None) -> dict:
-    from .config import parse_config
-    from .evaluate import EvalConfig, _merge_repeated
+    from .config import _merge_repeated, parse_config
+    from .configs.evaluate import EvalConfig
     from .influence.config import InfluenceConfig
     from .teachers.config import TeacherConfig
 

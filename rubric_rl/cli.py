@@ -52,7 +52,7 @@ def cmd_train(argv):
     if summary.get("export_dir"):  # the main process
         print(format_summary(summary))
         if args.evaluate_config:
-            from .evaluate import cmd_evaluate, parse_sources
+            from .configs.evaluate import parse_sources
 
             others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
             print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
@@ -138,10 +138,31 @@ def cmd_serve_teacher(argv):
     serve_main(argv)
 
 
-def cmd_evaluate(argv):
-    from .evaluate import cmd_evaluate as run
+def cmd_evaluate(argv: list[str] | None = None) -> dict:
+    """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table; returns the report."""
+    from .config import _merge_repeated, parse_config
+    from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
+    from .influence.config import InfluenceConfig
+    from .teachers.config import TeacherConfig
 
-    run(argv)
+    argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
+    ea, cfg, teacher_cfg, influence_cfg = parse_config(
+        (EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl evaluate",
+        description="Compare rubric sources downstream: synthesize with each, fine-tune the target, score the "
+                    "held-out test set (loss, multiple-choice acc/acc_norm), with influence, validity, diversity, "
+                    "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
+    from .evaluate.report import _fmt, format_paired, format_table
+    from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
+    from .preflight import check_evaluate
+
+    check_evaluate(ea, cfg, teacher_cfg, influence_cfg)
+    report = evaluate(cfg, teacher_cfg, influence_cfg, parse_sources(ea.sources), ea.output)
+    print(format_table(report))
+    print("\n" + format_paired(report))
+    c = report["correlation"][f"influence_vs_{report['primary_metric']}_gain"]
+    print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {_fmt(c['pearson_r'])}")
+    print(f"Report: {Path(ea.output) / 'report.md'} ({report['timing']['total_s']:.0f} s)")
+    return report
 
 
 def cmd_calibrate(argv):

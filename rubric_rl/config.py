@@ -178,7 +178,7 @@ class RubricRLArguments:
         if self.reward_invalid_penalty < 0:
             raise ValueError(f"reward_invalid_penalty must be >= 0, got {self.reward_invalid_penalty!r}")
         if self.evaluate_config is not None:
-            from .evaluate import parse_sources
+            from .configs.evaluate import parse_sources
 
             if not Path(self.evaluate_config).is_file():
                 raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
@@ -236,13 +236,35 @@ def known_config_fields() -> set[str]:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from .calibrate import CalibrateArguments
-        from .evaluate import EvalArguments, EvalConfig
+        from .configs.calibrate import CalibrateArguments
+        from .configs.evaluate import EvalArguments, EvalConfig
 
         types += [EvalConfig, EvalArguments, CalibrateArguments]
     except ImportError:  # pragma: no cover
         pass
     return {f.name for t in types for f in dc.fields(t)}
+
+
+def _merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
+    """``--sources a=x --sources b=y c=z`` -> ``--sources a=x b=y c=z`` (argparse keeps only the last)."""
+    values, rest, found = [], [], False
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == flag:
+            found = True
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            continue
+        if tok.startswith(flag + "="):
+            found = True
+            values.append(tok[len(flag) + 1:])
+        else:
+            rest.append(tok)
+        i += 1
+    return rest + ([flag, *values] if found else [])
 
 
 def fail(prog: str | None, message: str):
@@ -271,8 +293,8 @@ def read_config_file(path: str) -> tuple[dict, dict[str, int]]:
     :class:`~rubric_rl.errors.UserError` naming the file, and for syntax errors ``file:line:column``."""
     import yaml
 
-    from .data.documents import DataFileError, read_text
-    from .errors import UserError
+    from .errors import DataFileError, UserError
+    from .jsonl import read_text
 
     try:
         text = read_text(path)

@@ -34,6 +34,10 @@ class UserError(ValueError):
     """A mistake in the user's input; the message (one line) says what and where."""
 
 
+class DataFileError(UserError):
+    """A data file that cannot be used; the message names the file (and line)."""
+
+
 class TrainingStalled(RuntimeError):
     """RL cannot learn from what it gets (every reward None, or no reward spread in any group for many steps);
     the run stops with exit 1 and exports nothing."""

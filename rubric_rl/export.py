@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .generator import EXPORT_META, RubricGenerator
+from .jsonl import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ def load_trained_policy(run_dir: str | Path):
 
 
 def plot_reward_curve(metrics_path: Path, png_path: Path) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
-        if metrics_path.exists() else []
+    rows = read_jsonl(metrics_path) if metrics_path.exists() else []
     points = [(r["step"], r["reward"]) for r in rows if isinstance(r.get("reward"), int | float)]
     if not points:
         return []

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data.documents import (DataFileError, check_file, load_chat_samples, load_documents, load_rubric_file,
-                             read_text)
-from .errors import UserError
+from .data.documents import load_chat_samples, load_documents, load_rubric_file
+from .errors import DataFileError, UserError
+from .jsonl import check_file, read_text
 
 
 def _named(field: str, fn, *args, **kwargs):
@@ -129,7 +129,8 @@ def check_warmup(run, influence_cfg) -> None:
 
 
 def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
-    from .evaluate import parse_sources, resolve_source
+    from .configs.evaluate import parse_sources
+    from .evaluate.synthesis import resolve_source
 
     check_documents(cfg.eval_documents, field="eval_documents", text_field=cfg.eval_document_text_field)
     check_chat_file(cfg.eval_test_data, field="eval_test_data", need_assistant=True)
@@ -151,7 +152,7 @@ def check_evaluate_config(config_path: str, sources: list[str], output) -> None:
     """The evaluation `rubric-rl train` runs at its end (evaluate_config), checked before training. The source
     'trained' does not exist yet and is not checked."""
     from .config import parse_config
-    from .evaluate import EvalArguments, EvalConfig, parse_sources
+    from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
     from .influence.config import InfluenceConfig
     from .teachers.config import TeacherConfig
 

@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .jsonl import append_jsonl, iter_log_rows
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
 from .synth.grounding import supporting_sentence
@@ -138,10 +139,7 @@ class RewardStats:
     """Counts since the start of the run (all outcomes, by reason)."""
 
     outcomes: Counter = field(default_factory=Counter)
-    calls: int = 0
-
-    def to_dict(self) -> dict:
-        return {"calls": self.calls, "outcomes": dict(self.outcomes)}
+    calls: int = 0  # reward calls of this process
 
 
 class InfluenceReward:
@@ -171,11 +169,7 @@ class InfluenceReward:
         self.scaler.values.clear()
         if self.log_path is None or not self.log_path.exists():
             return 0
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for row in iter_log_rows(self.log_path):
             x = row.get("influence")
             if row.get("outcome") == "valid" and isinstance(x, int | float) and math.isfinite(x):
                 self.scaler.values.append(float(x))
@@ -290,13 +284,10 @@ class InfluenceReward:
             log_extra("novelty", novelty)
             log_extra("sample", [json.dumps(s, ensure_ascii=False) if s else "" for s in samples])
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a", encoding="utf-8") as fh:
-                for i in range(n):
-                    fh.write(json.dumps({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
-                                         "outcome": reasons[i] or "valid", "influence": influences[i],
-                                         "passage": passages[i] if passages[i] is not MISSING else None,
-                                         "novelty": novelty[i], "reward": rewards[i], "sample": samples[i],
-                                         "teacher_text": teacher_texts[i] if samples[i] is None else None},
-                                        ensure_ascii=False) + "\n")
+            append_jsonl(self.log_path, ({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
+                                          "outcome": reasons[i] or "valid", "influence": influences[i],
+                                          "passage": passages[i] if passages[i] is not MISSING else None,
+                                          "novelty": novelty[i], "reward": rewards[i], "sample": samples[i],
+                                          "teacher_text": teacher_texts[i] if samples[i] is None else None}
+                                         for i in range(n)))
         return rewards

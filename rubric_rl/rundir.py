@@ -17,6 +17,7 @@ Then ``rubric_rl_args.json`` is (re)written with the arguments of this run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .jsonl import append_jsonl
 
 ARGS_FILE = "rubric_rl_args.json"
 CHANGES_FILE = "args_changes.jsonl"
@@ -141,10 +143,33 @@ def check_output_dir(output_dir: Path, current: dict, *, resume, overwrite: bool
     return {"action": "resume", "changes": changes, "step": _resume_step(output_dir, resume)}
 
 
+def _jsonable(obj):
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj) if not hasattr(obj, "to_dict") else obj.to_dict()
+    return json.loads(json.dumps(obj, default=str))
+
+
+def save_run_args(output_dir: Path, **configs) -> None:
+    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
+    for cfg in data.values():  # never store tokens
+        for key in list(cfg):
+            if "token" in key and key.endswith(("_token", "hub_token")):
+                cfg[key] = None
+    (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _resume_arg(value):
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "0", "no", ""):
+        return None
+    return value
+
+
 def prepare_output_dir(output_dir: Path, state, args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     """Check (every process), then on the main process clean / record / save the arguments; see the module doc."""
-    from .train import _jsonable, _resume_arg, save_run_args
-
     configs = {"rubric_rl": args, "grpo": grpo_args, "teacher": teacher_cfg, "influence": influence_cfg}
     current = {name: _jsonable(cfg) for name, cfg in configs.items()}
     decision = check_output_dir(output_dir, current, resume=_resume_arg(grpo_args.resume_from_checkpoint),
@@ -155,9 +180,9 @@ def prepare_output_dir(output_dir: Path, state, args, grpo_args, teacher_cfg, in
         if decision["action"] == "overwrite":
             decision["removed"] = remove_run_state(output_dir)
         if decision["changes"]:
-            with (output_dir / CHANGES_FILE).open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": decision["step"], "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "changes": decision["changes"]}, default=str) + "\n")
+            append_jsonl(output_dir / CHANGES_FILE, [{"step": decision["step"],
+                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      "changes": decision["changes"]}], ensure_ascii=True, default=str)
         save_run_args(output_dir, **configs)
     state.wait_for_everyone()
     return decision

@@ -31,7 +31,9 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .provenance import provenance
+from .rundir import _resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,7 @@ class MetricsJsonlCallback(TrainerCallback):
         row.update({k: v for k, v in logs.items() if k not in row and isinstance(v, int | float | str)})
         if self.reward is not None:
             row["outcomes"] = dict(self.reward.stats.outcomes)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(self.path, [row], ensure_ascii=True)
 
 
 class StallGuard(TrainerCallback):
@@ -100,28 +100,13 @@ class StallGuard(TrainerCallback):
 
 def count_valid_rollouts(output_dir: Path) -> int:
     """Valid rollouts over the run's rollout logs (every process's file)."""
-    n = 0
-    for path in Path(output_dir).glob("rollouts*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                n += json.loads(line).get("outcome") == "valid"
-            except json.JSONDecodeError:
-                continue
-    return n
+    return sum(row.get("outcome") == "valid"
+               for path in Path(output_dir).glob("rollouts*.jsonl") for row in iter_log_rows(path))
 
 
 def _keep_lines(path: Path, keep) -> None:
     """Rewrite a jsonl log keeping the lines whose ``step`` passes ``keep`` (used on resume)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if keep(json.loads(line).get("step") or 0):
-                kept.append(line)
-        except json.JSONDecodeError:
-            continue
-    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    filter_log(path, lambda row: keep(row.get("step") or 0))
 
 
 class InfluenceHistogramCallback(TrainerCallback):
@@ -141,41 +126,15 @@ class InfluenceHistogramCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------- helpers
-def _jsonable(obj):
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj) if not hasattr(obj, "to_dict") else obj.to_dict()
-    return json.loads(json.dumps(obj, default=str))
-
-
-def save_run_args(output_dir: Path, **configs) -> None:
-    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
-    for cfg in data.values():  # never store tokens
-        for key in list(cfg):
-            if "token" in key and key.endswith(("_token", "hub_token")):
-                cfg[key] = None
-    (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-
-
 def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -> dict:
     """Mean of a logged metric (the reward by default) over the first vs the last ``frac`` of logged steps."""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
-        if metrics_path.exists() else []
+    rows = read_jsonl(metrics_path) if metrics_path.exists() else []
     values = [r[key] for r in rows if isinstance(r.get(key), int | float) and math.isfinite(r[key])]
     if not values:
         return {"steps": 0}
     k = max(1, int(round(len(values) * frac)))
     first, last = sum(values[:k]) / k, sum(values[-k:]) / k
     return {"steps": len(values), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
-
-
-def _resume_arg(value):
-    if value is None or value is False:
-        return None
-    if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
-        return True
-    if isinstance(value, str) and value.lower() in ("false", "0", "no", ""):
-        return None
-    return value
 
 
 def _policy_peft_config(args):
@@ -301,7 +260,6 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .influence import InfluenceScorer, run_warmup
     from .models import load_causal_lm, load_tokenizer
     from .reward import InfluenceReward
-    from .rundir import prepare_output_dir
     from .synth.decontam import load_eval_items
     from .synth.engine import SampleSynthesizer
     from .synth.verifiers import default_verifiers

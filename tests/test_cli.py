@@ -93,13 +93,13 @@ def test_missing_config_file_is_a_clear_error(capsys):
 
 def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
     """With evaluate_config set (the quickstart), `rubric-rl train` ends by evaluating its export."""
-    import rubric_rl.evaluate
+    import rubric_rl.cli
     import rubric_rl.train
 
     calls = []
     monkeypatch.setattr(rubric_rl.train, "train", lambda *a: {
         "output_dir": str(tmp_path), "export_dir": str(tmp_path / "export"), "reward": {}})
-    monkeypatch.setattr(rubric_rl.evaluate, "cmd_evaluate", lambda argv: calls.append(argv))
+    monkeypatch.setattr(rubric_rl.cli, "cmd_evaluate", lambda argv: calls.append(argv))
     main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path)])
     assert calls == [["--config", "configs/evaluate_quickstart.yaml", "--sources", f"trained={tmp_path / 'export'}",
                       "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval")]]

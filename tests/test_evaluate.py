@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from rubric_rl.evaluate import (EvalArguments, EvalConfig, Source, _merge_repeated, correlation, distinct_n,
-                                evaluate, format_paired, parse_sources, resolve_source, synthesize_dataset)
+from rubric_rl.config import _merge_repeated
+from rubric_rl.evaluate import (EvalArguments, EvalConfig, Source, correlation, distinct_n, evaluate, format_paired,
+                                parse_sources, resolve_source, synthesize_dataset)
 from rubric_rl.influence.config import InfluenceConfig
 from rubric_rl.rubric import Rubric
 from rubric_rl.teachers.config import TeacherConfig

@@ -9,7 +9,8 @@ import rubric_rl.data.documents
 from rubric_rl.cli import main
 from rubric_rl.config import parse_config, train_dataclasses
 from rubric_rl.errors import UserError
-from rubric_rl.train import save_run_args, train
+from rubric_rl.rundir import save_run_args
+from rubric_rl.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import rubric_rl.evaluate
+import rubric_rl.evaluate.run
 import rubric_rl.influence
 import rubric_rl.train
 from rubric_rl.cli import main
@@ -24,7 +24,7 @@ def no_models(monkeypatch):
         raise AssertionError("a model would load before the input was checked")
 
     monkeypatch.setattr(rubric_rl.train, "train", loaded)
-    monkeypatch.setattr(rubric_rl.evaluate, "evaluate", loaded)
+    monkeypatch.setattr(rubric_rl.evaluate.run, "evaluate", loaded)
     monkeypatch.setattr(rubric_rl.influence, "score_file", loaded)
     monkeypatch.setattr(rubric_rl.influence, "run_warmup", loaded)
     monkeypatch.delenv("RUBRIC_RL_DEBUG", raising=False)

@@ -5,73 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import DataFileError
+from ..jsonl import iter_values, read_jsonl, read_text
 
-
-class DataFileError(UserError):
-    """A data file that cannot be used; the message names the file (and line)."""
-
-
-def check_file(path: str | Path) -> Path:
-    """``path`` as a Path if it is an existing regular file, else a :class:`DataFileError` naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataFileError(f"{path}: is a directory, not a file")
-    if not path.is_file():
-        raise DataFileError(f"{path}: not a regular file")
-    return path
-
-
-def _decode_line(path: Path, lineno: int, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataFileError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column "
-                            f"{err.start + 1}); re-encode the file as UTF-8") from None
-
-
-def iter_text_lines(path: str | Path):
-    """``(line number, text)`` of every line of a UTF-8 text file; a bad byte is an error naming ``file:line``."""
-    path = check_file(path)
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            yield lineno, _decode_line(path, lineno, raw)
-
-
-def read_text(path: str | Path) -> str:
-    """The whole UTF-8 text of ``path``; errors name ``file:line`` (missing file, directory, bad byte)."""
-    path = check_file(path)
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        lineno = data.count(b"\n", 0, err.start) + 1
-        line_start = data.rfind(b"\n", 0, err.start) + 1
-        raise DataFileError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column "
-                            f"{err.start - line_start + 1}); re-encode the file as UTF-8") from None
-
-
-def _jsonl_values(path: Path):
-    """``(line number, parsed value)`` of every non-blank line; errors name ``file:line``."""
-    for lineno, line in iter_text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    rows = []
-    for lineno, row in _jsonl_values(path):
-        if not isinstance(row, dict):
-            raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+__all__ = ["DataFileError", "load_chat_samples", "load_documents", "load_rubric_file"]
 
 
 def load_documents(path: str | Path, text_field: str = "text", id_field: str = "id") -> list[dict]:
@@ -134,7 +71,7 @@ def load_chat_samples(path: str | Path) -> list[dict]:
 
     path = Path(path)
     rows = []
-    for lineno, obj in _jsonl_values(path):
+    for lineno, obj in iter_values(path):
         row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
         try:
             validate_messages(row.get("messages"))

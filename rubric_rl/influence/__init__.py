@@ -2,7 +2,8 @@
 random projection, validation-gradient cache, and LESS-style optimizer-aware scoring."""
 
 from .config import InfluenceConfig
-from .scorer import InfluenceResult, InfluenceScorer, score_file
+from .scorer import InfluenceResult, InfluenceScorer
+from .selection import score_file
 from .warmup import run_warmup
 
 __all__ = ["InfluenceConfig", "InfluenceResult", "InfluenceScorer", "run_warmup", "score_file"]

@@ -21,12 +21,10 @@ checkpoint hash, projection...).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import logging
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +34,6 @@ import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
-from ..synth.text import answer_junk_reason
 from .config import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
@@ -408,132 +405,3 @@ def _tqdm(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
-
-
-# ---------------------------------------------------------------------------------------------------
-
-
-def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Path, output_path: str | Path,
-               select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None) -> dict:
-    """Score every line of a chat jsonl file (``rubric-rl score``).
-
-    Args:
-        cfg: influence config (target, warm-up, validation set, estimator...).
-        run_dir: run directory; its ``warmup/`` is made if missing, validation gradients cached in
-            ``influence_cache/``.
-        samples_path: chat jsonl, one ``{"messages": [...], ...}`` object (or a bare message list) per line.
-        output_path: written with one line per input line, in order: the input object plus ``influence``
-            (a float, or null with ``reason``; an answer that is no text gets ``empty_answer``,
-            ``whitespace_answer``, ``control_characters_answer`` or ``non_text_answer`` and is never selected;
-            malformed lines become ``{"influence": null, "reason":
-            "bad_format", "error": "FILE:LINE: ..."}``), and ``truncated: true`` where the sample was cut.
-        select_top: if set, the K highest-scoring samples are also written, best first, to ``selected_path``.
-        selected_path: where the top-K go (default: ``output_path`` with ``.top{K}`` before the suffix).
-        chunk_size: lines scored per call of the scorer (memory bound, progress granularity).
-        progress: show a tqdm bar with samples/s.
-        scorer: an already built scorer (else built from ``cfg``).
-
-    Returns a summary dict: counts (``total``, ``scored``, ``unscored`` per reason, ``truncated``),
-    ``samples_per_s``, output paths, score statistics.
-    """
-    samples_path, output_path = Path(samples_path), Path(output_path)
-    if select_top is not None and select_top <= 0:
-        raise ValueError(f"select_top must be > 0, got {select_top}")
-    if select_top is not None and selected_path is None:
-        selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
-    if scorer is None:
-        scorer = InfluenceScorer.from_config(cfg, run_dir, progress=progress)
-    scorer_progress, scorer.progress = scorer.progress, False  # one bar: this one
-    with samples_path.open(encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    reasons: Counter = Counter()
-    truncated = scored = 0
-    values: list[float] = []
-    top: list[tuple[float, int, str]] = []
-    start = time.perf_counter()
-    bar = _tqdm(len(lines), "scoring", progress)
-    with output_path.open("w", encoding="utf-8") as out:
-        for c0 in range(0, len(lines), chunk_size):
-            chunk = lines[c0:c0 + chunk_size]
-            objs: list[dict | None] = []
-            errors: list[str | None] = []
-            for j, line in enumerate(chunk):
-                lineno = c0 + j + 1
-                try:
-                    obj = json.loads(line)
-                    messages = obj["messages"] if isinstance(obj, dict) else obj
-                    validate_messages(messages)
-                    objs.append(obj)
-                    errors.append(None)
-                except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
-                    objs.append(None)
-                    msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
-                    errors.append(f"{samples_path}:{lineno}: {msg}")
-            junk = [None if o is None else answer_junk_reason(o["messages"] if isinstance(o, dict) else o)
-                    for o in objs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
-            idx = [j for j, o in enumerate(objs) if o is not None and junk[j] is None]
-            res = scorer.score([objs[j]["messages"] if isinstance(objs[j], dict) else objs[j] for j in idx])
-            by_j = dict(zip(idx, res))
-            for j, obj in enumerate(objs):
-                if obj is None:
-                    row = {"influence": None, "reason": BAD_FORMAT, "error": errors[j]}
-                    reasons[BAD_FORMAT] += 1
-                    logger.warning("%s", errors[j])
-                elif junk[j] is not None:
-                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
-                    row.update(influence=None, reason=junk[j])
-                    reasons[junk[j]] += 1
-                else:
-                    r = by_j[j]
-                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
-                    row["influence"] = r.value
-                    if r.reason is not None:
-                        row["reason"] = r.reason
-                        reasons[r.reason] += 1
-                    if r.truncated:
-                        row["truncated"] = True
-                        truncated += 1
-                    if r.value is not None:
-                        scored += 1
-                        values.append(r.value)
-                        if select_top is not None:
-                            item = (r.value, -(c0 + j), json.dumps(row, ensure_ascii=False))
-                            if len(top) < select_top:
-                                heapq.heappush(top, item)
-                            else:
-                                heapq.heappushpop(top, item)
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            bar.update(len(chunk))
-    bar.close()
-    scorer.progress = scorer_progress
-    elapsed = time.perf_counter() - start
-    summary = {
-        "input": str(samples_path),
-        "output": str(output_path),
-        "total": len(lines),
-        "scored": scored,
-        "unscored": dict(reasons),
-        "truncated": truncated,
-        "seconds": round(elapsed, 3),
-        "samples_per_s": round(len(lines) / elapsed, 3) if elapsed > 0 else None,
-        "estimator": cfg.influence_estimator,
-        "direction": cfg.influence_direction,
-    }
-    if values:
-        t = torch.tensor(values, dtype=torch.float64)
-        summary["influence_mean"] = float(t.mean())
-        summary["influence_std"] = float(t.std()) if len(values) > 1 else 0.0
-        summary["influence_min"], summary["influence_max"] = float(t.min()), float(t.max())
-    if select_top is not None:
-        best = sorted(top, reverse=True)
-        Path(selected_path).parent.mkdir(parents=True, exist_ok=True)
-        with Path(selected_path).open("w", encoding="utf-8") as fh:
-            for _, _, row in best:
-                fh.write(row + "\n")
-        summary["selected"] = str(selected_path)
-        summary["selected_count"] = len(best)
-    if any(math.isnan(v) for v in values):  # pragma: no cover - results are finite by construction
-        raise RuntimeError("NaN influence written")
-    return summary

@@ -16,6 +16,11 @@ process group); the other ranks poll for ``warmup_args.json`` (no collective wit
 fails, the launcher tears the group down. In a single process the Trainer runs in-process (RNG states
 restored afterwards, the accelerate singletons it created dropped, a caller's ``PartialState`` kept) unless
 an ``Accelerator`` already exists, in which case it also runs in a subprocess.
+
+Over 500 lines because the writing of a warm-up (``_train``, the parameter-names callback, the completion
+marker) and the reading of it (``load_checkpoints``: Adam state by parameter name, average learning rates)
+share one on-disk format, kept in one module so that the two sides cannot drift apart; the module is also
+the subprocess entry point (``python -m rubric_rl.influence.warmup``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ failed for infrastructure reasons (timeout, connection, HTTP 5xx/408/429) is not
 tried again in a later chunk (at most ``INFRA_RETRIES_PER_ITEM`` times, after which it counts as a
 rejected query), and the teacher's circuit breaker stops the run with ``TeacherUnavailable`` (the lines
 written so far are kept; a rerun resumes) when the endpoint is down.
+
+Over 500 lines because ``synthesize`` is still one resumable loop with its state, sinks and retries inline;
+issue 10 (one synthesis pipeline: a rubric source type, an item planner, file and in-memory sinks shared with
+``rubric_rl.evaluate``) splits it, and that change also changes what the evaluation samples.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ from pathlib import Path
 
 from ..data.documents import load_chat_samples, load_documents, load_rubric_file
 from ..errors import UserError
+from ..jsonl import JsonlAppender, append_jsonl, iter_jsonl, parse_lines
 from ..rubric import Rubric
 from ..teachers.config import TeacherConfig
-from .dataset import JsonlAppender, iter_jsonl, save_hf_dataset, write_json_atomic
+from .dataset import save_hf_dataset, write_json_atomic
 from .dedup import NearDuplicateFilter
 from .engine import SampleSynthesizer, SynthItem
 from .strategies import NEW_QUESTION, STRATEGY_CHOICES, choose_strategy
@@ -216,9 +221,9 @@ class RubricSource:
             self.generated += len(rubrics)
             self.unparseable += sum(r is None for r in rubrics)
             self._epochs[epoch] = rubrics
-            with self.cache_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"epoch": epoch, "seed": self.seed + epoch,
-                                     "rubrics": [r.to_dict() if r else None for r in rubrics]}) + "\n")
+            append_jsonl(self.cache_path, [{"epoch": epoch, "seed": self.seed + epoch,
+                                            "rubrics": [r.to_dict() if r else None for r in rubrics]}],
+                         ensure_ascii=True)
         return self._epochs[epoch]
 
     def get(self, k: int, doc_index: int | None, epoch: int) -> tuple[Rubric | None, str, bool]:
@@ -309,10 +314,8 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         if paths["output"].exists():
             with paths["output"].open("rb") as fh:
                 kept = fh.read(state["output_bytes"]).decode("utf-8")
-            for line in kept.splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    dedup.add(row["messages"], row.get("provenance", {}).get("item"))
+            for _, row in parse_lines(enumerate(kept.splitlines(), 1), paths["output"]):
+                dedup.add(row["messages"], row.get("provenance", {}).get("item"))
         verifiers.append(dedup)
 
     out = JsonlAppender(paths["output"], truncate_to=state["output_bytes"])

@@ -1,9 +1,8 @@
-"""Writing synthetic datasets: an append-only jsonl with crash-safe checkpoints, and an HF ``datasets`` copy.
+"""Writing synthetic datasets: an atomic JSON state file and an HF ``datasets`` copy of a samples jsonl.
 
-Every line is one sample: ``{"messages": [...], "doc_id": ..., "provenance": {...}}``. The writer
-flushes and fsyncs at each checkpoint and reports the byte offset; a resumed run truncates the file
-back to the offset of its last checkpoint, so a crash between two checkpoints neither duplicates nor
-loses a sample (the work after the checkpoint is redone).
+Every line of a samples file is one sample: ``{"messages": [...], "doc_id": ..., "provenance": {...}}``,
+written by :class:`rubric_rl.jsonl.JsonlAppender` (append-only, fsync'd checkpoints, truncated back to the
+last checkpoint on resume, so a crash between two checkpoints neither duplicates nor loses a sample).
 """
 
 from __future__ import annotations
@@ -12,44 +11,7 @@ import json
 import os
 from pathlib import Path
 
-
-class JsonlAppender:
-    """Append-only jsonl writer with explicit checkpoints."""
-
-    def __init__(self, path: str | Path, *, truncate_to: int | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_to is not None and self.path.exists():
-            with self.path.open("r+b") as fh:
-                fh.truncate(truncate_to)
-        self._fh = self.path.open("ab")
-
-    def write(self, row: dict) -> None:
-        self._fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    def checkpoint(self) -> int:
-        """Flush to disk; returns the file size (the offset a resume truncates back to)."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        return self._fh.tell()
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self.checkpoint()
-            self._fh.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def iter_jsonl(path: str | Path):
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+from ..jsonl import iter_jsonl
 
 
 def write_json_atomic(path: str | Path, obj) -> None:

@@ -28,13 +28,14 @@ with its options shuffled (see tests/test_synth_verifiers.py and notes/teachers.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataFileError
+from ..jsonl import iter_values
 from .text import words
 
 
@@ -59,20 +60,13 @@ def tokens_and_option_mask(text: str) -> tuple[list[str], int]:
 
 def load_eval_items(paths) -> list[dict]:
     """Chat-format evaluation items (``{"messages": [...]}`` per jsonl line) from one or more files."""
-    from ..data.documents import DataFileError, iter_text_lines
-
     items = []
     for path in paths:
-        for lineno, line in iter_text_lines(path):  # errors name file:line (missing, directory, not UTF-8)
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataFileError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-                if not isinstance(row, dict) or "messages" not in row:
-                    raise DataFileError(f"{path}:{lineno}: decontamination needs chat items with 'messages'")
-                row.setdefault("_source", f"{Path(path).name}:{lineno}")
-                items.append(row)
+        for lineno, row in iter_values(path):  # errors name file:line (missing, directory, not UTF-8, not JSON)
+            if not isinstance(row, dict) or "messages" not in row:
+                raise DataFileError(f"{path}:{lineno}: decontamination needs chat items with 'messages'")
+            row.setdefault("_source", f"{Path(path).name}:{lineno}")
+            items.append(row)
     return items
 
 
@@ -140,10 +134,6 @@ class Decontaminator:
             return []
         n = min(self.ngram, len(toks))
         return [(tuple(toks[i:i + n]), i) for i in range(len(toks) - n + 1)]
-
-    @classmethod
-    def from_files(cls, paths, **kwargs) -> "Decontaminator":
-        return cls(load_eval_items(paths), **kwargs)
 
     def __len__(self) -> int:
         return len(self._sources)

@@ -9,13 +9,11 @@ from ..rubric import Rubric
 from ..teachers.base import Teacher, TeacherRequest, is_infrastructure_error
 from ..teachers.factory import teacher_label
 from .parse import parse_answer, parse_sample
-from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, NEW_QUESTION_INSTRUCTIONS, SEEDED, STRATEGIES,
-                         TEACHER_SYSTEM, new_question_messages, strategy_messages)
+from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, SEEDED, STRATEGIES, TEACHER_SYSTEM, new_question_messages,
+                         strategy_messages)
 from .verifiers import Candidate, default_verifiers, verifier_name
 
-TEACHER_INSTRUCTIONS = NEW_QUESTION_INSTRUCTIONS  # kept: the name other modules import
-
-__all__ = ["TEACHER_SYSTEM", "TEACHER_INSTRUCTIONS", "teacher_messages", "SynthItem", "SampleOutcome",
+__all__ = ["TEACHER_SYSTEM", "teacher_messages", "SynthItem", "SampleOutcome",
            "SampleSynthesizer"]
 
 

@@ -307,10 +307,9 @@ def build_local_teacher(model: str, *, documents: str | None = None, dtype: str 
 
         texts = None
         if documents:
-            import json
+            from ..jsonl import iter_jsonl
 
-            with open(documents, encoding="utf-8") as fh:
-                texts = [json.loads(line)["text"] for line in fh if line.strip()]
+            texts = [row["text"] for row in iter_jsonl(documents)]
         return TemplateTeacher(texts)
     from .hf import TransformersTeacher
 

@@ -1,0 +1,247 @@
+"""The evaluation report: the report dict (summary, ranking, paired wins, correlations, reward curves) and its
+markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
+from ..jsonl import iter_log_rows
+from .stats import _stats, correlation
+from .synthesis import Source
+
+
+def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: list[dict], baseline: dict, *,
+                 target: str, influence_dir, choices_per_item: list[int] | None = None) -> dict:
+    primary = cfg.eval_primary_metric
+    summary: dict[str, dict] = {}
+    for src in sources:
+        rs = [r for r in runs if r["source"] == src.name]
+        summary[src.name] = {
+            **{m: _stats([r["heldout"].get(m) for r in rs]) for m in PRIMARY_METRICS + ("gold_choice_nll",)},
+            **{f"{m}_gain": _stats([r["gain"][m] for r in rs]) for m in PRIMARY_METRICS},
+            "influence_mean": _stats([r["influence"]["mean"] for r in rs]),
+            "validity_rate": _stats([r["synthesis"]["validity_rate"] for r in rs]),
+            "samples": _stats([r["dataset"]["samples"] for r in rs]),
+            "tokens": _stats([r["dataset"]["tokens"] for r in rs]),
+            "answer_tokens": _stats([r["dataset"]["answer_tokens"] for r in rs]),
+            "distinct_1": _stats([r["dataset"]["distinct_1"] for r in rs]),
+            "distinct_2": _stats([r["dataset"]["distinct_2"] for r in rs]),
+            "distinct_3": _stats([r["dataset"]["distinct_3"] for r in rs]),
+        }
+    lower = LOWER_IS_BETTER[primary]
+
+    def key(name):
+        m = summary[name][primary]["mean"]
+        return (m is None, (m if lower else -m) if m is not None else 0.0)
+
+    ranking = sorted(summary, key=key)
+    # paired comparison: the same seed gives every source the same documents, teacher seeds and target init
+    by = {(r["source"], r["seed"]): r for r in runs}
+    paired = {}
+    for a in summary:
+        for b in summary:
+            if a == b:
+                continue
+            diffs, wins = [], 0
+            for seed in cfg.eval_seeds:
+                va, vb = by[(a, seed)]["heldout"].get(primary), by[(b, seed)]["heldout"].get(primary)
+                if va is None or vb is None:
+                    continue
+                d = (vb - va) if lower else (va - vb)  # > 0: a better than b
+                diffs.append(d)
+                wins += d > 0
+            paired[f"{a}>{b}"] = {"wins": wins, "seeds": len(diffs), "mean_advantage": _stats(diffs)["mean"],
+                                  "advantages": diffs}
+    corr = {}
+    for m in PRIMARY_METRICS:
+        corr[f"influence_vs_{m}_gain"] = correlation([r["influence"]["mean"] for r in runs],
+                                                     [r["gain"][m] for r in runs])
+    curves = {}
+    for src in sources:
+        if src.kind == "generator":
+            curves[src.name] = reward_curve(src.run_dir)
+    return {
+        "format": REPORT_FORMAT,
+        "target": target,
+        "primary_metric": primary,
+        "sources": {s.name: s.to_dict() for s in sources},
+        "seeds": list(cfg.eval_seeds),
+        "config": {"eval": asdict(cfg), "teacher": asdict(teacher_cfg), "influence": asdict(influence_cfg)},
+        "influence_run_dir": str(influence_dir) if influence_dir else None,
+        "baseline": baseline,
+        "choices_per_item": choices_per_item or [],
+        "runs": runs,
+        "summary": summary,
+        "ranking": ranking,
+        "paired": paired,
+        "correlation": corr,
+        "reward_curves": curves,
+    }
+
+
+def reward_curve(run_dir: str | None) -> dict:
+    """The reward per step of the run that produced a generator (RUN_DIR/metrics.jsonl)."""
+    if not run_dir:
+        return {"run_dir": None, "available": False, "why": "the export names no run_dir"}
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return {"run_dir": run_dir, "available": False, "why": f"{path} not found"}
+    rows = [row for row in iter_log_rows(path) if "reward" in row and "step" in row]
+    if not rows:
+        return {"run_dir": run_dir, "available": False, "why": f"{path} holds no reward rows"}
+    w = max(1, len(rows) // 5)
+    first = [r["reward"] for r in rows[:w]]
+    last = [r["reward"] for r in rows[-w:]]
+    return {"run_dir": run_dir, "available": True, "steps": [r["step"] for r in rows],
+            "reward": [r["reward"] for r in rows], "valid_rate": [r.get("valid_rate") for r in rows],
+            "influence_mean": [r.get("influence_mean") for r in rows],
+            "first_20pct_mean": sum(first) / len(first), "last_20pct_mean": sum(last) / len(last)}
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _pm(st: dict, digits: int = 3) -> str:
+    if st["mean"] is None:
+        return "-"
+    return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}" if st["n"] > 1 else f"{st['mean']:.{digits}f}"
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def format_table(report: dict) -> str:
+    """The main table (markdown): one row per source, mean ± std over seeds, and the untrained target."""
+    primary = report["primary_metric"]
+    head = ("| source | kind | test loss ↓ | acc ↑ | acc_norm ↑ | gold-choice NLL ↓ | " + f"{primary} gain | "
+            "mean influence | validity | distinct-2 | samples | tokens |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    b = report["baseline"]
+    lines.append(f"| (untrained target) | - | {_fmt(b['loss'])} | {_fmt(b.get('acc'))} | {_fmt(b.get('acc_norm'))} "
+                 f"| {_fmt(b.get('gold_choice_nll'))} | 0 | - | - | - | 0 | 0 |")
+    for name in report["ranking"]:
+        s = report["summary"][name]
+        kind = report["sources"][name]["kind"]
+        lines.append(f"| **{name}** | {kind} | {_pm(s['loss'])} | {_pm(s['acc'])} | {_pm(s['acc_norm'])} | "
+                     f"{_pm(s['gold_choice_nll'])} | "
+                     f"{_pm(s[primary + '_gain'])} | {_pm(s['influence_mean'], 4)} | {_pm(s['validity_rate'], 2)} | "
+                     f"{_pm(s['distinct_2'])} | {_pm(s['samples'], 0)} | {_pm(s['tokens'], 0)} |")
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    primary = report["primary_metric"]
+    seeds = report["seeds"]
+    cfg = report["config"]["eval"]
+    out = [
+        "# rubric-rl evaluate",
+        "",
+        f"Target `{report['target']}` fine-tuned ({cfg['eval_finetune']}, {cfg['eval_epochs']} epochs, lr "
+        f"{cfg['eval_learning_rate']}, batch {cfg['eval_batch_size']}) on {cfg['eval_num_samples']} accepted samples "
+        f"per source and seed; teacher `{report['config']['teacher']['teacher_backend']}`; seeds {seeds}; "
+        f"held-out test `{cfg['eval_test_data']}`. Sources ranked by mean test **{primary}** "
+        f"({'lower' if LOWER_IS_BETTER[primary] else 'higher'} is better); ± is the std over seeds.",
+        "",
+        format_table(report),
+        "",
+        "## Per seed",
+        "",
+        "| source | " + " | ".join(f"seed {s}: {primary} / acc / influence" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
+    by = {(r["source"], r["seed"]): r for r in report["runs"]}
+    for name in report["ranking"]:
+        cells = []
+        for s in seeds:
+            r = by[(name, s)]
+            cells.append(f"{_fmt(r['heldout'].get(primary))} / {_fmt(r['heldout'].get('acc'))} / "
+                         f"{_fmt(r['influence']['mean'], 4)}")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", f"## Paired wins on {primary} (same seed = same documents, teacher seeds, target init)", ""]
+    names = report["ranking"]
+    out.append("| A beats B in k/n seeds | " + " | ".join(names) + " |")
+    out.append("|---|" + "---|" * len(names))
+    for a in names:
+        cells = []
+        for b in names:
+            if a == b:
+                cells.append("-")
+            else:
+                p = report["paired"][f"{a}>{b}"]
+                cells.append(f"{p['wins']}/{p['seeds']} ({_fmt(p['mean_advantage'], 4)})")
+        out.append(f"| {a} | " + " | ".join(cells) + " |")
+    c = report["correlation"][f"influence_vs_{primary}_gain"]
+    out += ["", "## Influence vs held-out gain", "",
+            f"Pearson r between a dataset's mean influence and its {primary} gain over {c['n']} (source, seed) "
+            f"datasets: **{_fmt(c['pearson_r'])}** (Spearman {_fmt(c['spearman_rho'])}, permutation p "
+            f"{_fmt(c['p_permutation'])}); OptimSyn reports r = 0.71."]
+    for m in PRIMARY_METRICS:
+        if m != primary:
+            cm = report["correlation"][f"influence_vs_{m}_gain"]
+            out.append(f"- vs {m} gain: r = {_fmt(cm['pearson_r'])} (n = {cm['n']})")
+    out += ["", "## Datasets", "", "| source | validity | rejected (all seeds) | formats (all seeds) | distinct-1/2/3 |",
+            "|---|---|---|---|---|"]
+    for name in names:
+        rs = [r for r in report["runs"] if r["source"] == name]
+        rej, fm = Counter(), Counter()
+        for r in rs:
+            rej.update(r["synthesis"]["rejected"])
+            fm.update(r["dataset"]["formats"])
+        s = report["summary"][name]
+        out.append(f"| {name} | {_pm(s['validity_rate'], 2)} | "
+                   f"{', '.join(f'{k} {v}' for k, v in rej.most_common(4)) or '-'} | "
+                   f"{', '.join(f'{k} {v}' for k, v in fm.most_common(4))} | "
+                   f"{_fmt(s['distinct_1']['mean'])} / {_fmt(s['distinct_2']['mean'])} / {_fmt(s['distinct_3']['mean'])} |")
+    subt = {}
+    for r in report["runs"]:
+        for st, v in (r["heldout"].get("per_subtask") or {}).items():
+            subt.setdefault(r["source"], {}).setdefault(st, []).append(v["acc"])
+    if subt:
+        sts = sorted({st for v in subt.values() for st in v})
+        out += ["", "## Test accuracy per subtask (mean over seeds)", "",
+                "| source | " + " | ".join(sts) + " |", "|---|" + "---|" * len(sts)]
+        base_sub = report["baseline"].get("per_subtask") or {}
+        out.append("| (untrained) | " + " | ".join(_fmt(base_sub.get(st, {}).get("acc")) for st in sts) + " |")
+        for name in names:
+            vals = subt.get(name, {})
+            out.append(f"| {name} | " + " | ".join(_fmt(sum(vals[st]) / len(vals[st])) if st in vals else "-"
+                                                   for st in sts) + " |")
+    curves = report.get("reward_curves") or {}
+    if curves:
+        out += ["", "## Reward curves of the generators' training runs", ""]
+        for name, cv in curves.items():
+            if cv.get("available"):
+                out.append(f"- {name}: `{cv['run_dir']}`, {len(cv['steps'])} steps, mean reward first 20% "
+                           f"{_fmt(cv['first_20pct_mean'])} -> last 20% {_fmt(cv['last_20pct_mean'])} "
+                           f"(reward_curve_{name}.png)")
+            else:
+                out.append(f"- {name}: not available ({cv.get('why')})")
+    plots = report.get("plots") or []
+    if plots:
+        out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    t = report.get("timing") or {}
+    if t:
+        out += ["", "Timing (s): " + ", ".join(f"{k} {v}" for k, v in t.items())]
+    return "\n".join(out) + "\n"
+
+
+def format_paired(report: dict) -> str:
+    """One line: how often each source beats each lower-ranked one on the primary metric, seed by seed."""
+    names, paired = report["ranking"], report["paired"]
+    return f"Paired wins on test {report['primary_metric']} (same seed): " + ", ".join(
+        f"{a} > {b} in {paired[f'{a}>{b}']['wins']}/{paired[f'{a}>{b}']['seeds']}"
+        for k, a in enumerate(names) for b in names[k + 1:])
