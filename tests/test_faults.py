@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from rubric_rl.synth import dataset as synth_dataset
+from rubric_rl import jsonl as jsonl_mod
 
 N = 400
 
@@ -85,7 +85,7 @@ def test_disk_full_mid_synthesize_exits_4_with_one_line_and_resumes(quickstart_d
     from rubric_rl.cli import main
 
     out = tmp_path / "o.jsonl"
-    real_write = synth_dataset.JsonlAppender.write
+    real_write = jsonl_mod.JsonlAppender.write
     count = {"n": 0}
 
     def full_disk_write(self, row):
@@ -94,7 +94,7 @@ def test_disk_full_mid_synthesize_exits_4_with_one_line_and_resumes(quickstart_d
             raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
         real_write(self, row)
 
-    monkeypatch.setattr(synth_dataset.JsonlAppender, "write", full_disk_write)
+    monkeypatch.setattr(jsonl_mod.JsonlAppender, "write", full_disk_write)
     with pytest.raises(SystemExit) as exc:
         main(_argv(quickstart_dir, out))
     assert exc.value.code == 4
@@ -103,7 +103,7 @@ def test_disk_full_mid_synthesize_exits_4_with_one_line_and_resumes(quickstart_d
     kept = _rows(out)
     assert 0 < len(kept) < 120 and _key(kept) == reference[:len(kept)]  # a prefix: nothing out of order
 
-    monkeypatch.setattr(synth_dataset.JsonlAppender, "write", real_write)
+    monkeypatch.setattr(jsonl_mod.JsonlAppender, "write", real_write)
     main(_argv(quickstart_dir, out))
     assert _key(_rows(out)) == reference
 
@@ -115,7 +115,7 @@ def test_other_os_errors_keep_their_traceback(quickstart_dir, tmp_path, monkeypa
     def denied(self, row):
         raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
 
-    monkeypatch.setattr(synth_dataset.JsonlAppender, "write", denied)
+    monkeypatch.setattr(jsonl_mod.JsonlAppender, "write", denied)
     with pytest.raises(PermissionError):
         main(_argv(quickstart_dir, tmp_path / "o.jsonl"))
 
