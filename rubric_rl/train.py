@@ -33,6 +33,7 @@ from trl import GRPOTrainer
 
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .provenance import provenance
+from .errors import UserError
 from .rundir import _resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,12 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     if args.torch_num_threads:
         torch.set_num_threads(args.torch_num_threads)
     # refuse to overwrite or mix runs, clean for --overwrite_output_dir, record accepted changes, save the args
-    prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
+    decision = prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
+    if decision.get("action") == "resume" and 0 < grpo_args.max_steps <= decision.get("step", 0):
+        # HF Trainer resumed at max_steps still trains one more step; a finished run is not trained further
+        raise UserError(f"--resume_from_checkpoint: the checkpoint is at step {decision['step']}, already "
+                        f"max_steps={grpo_args.max_steps}; raise --max_steps to train on, or write the generator "
+                        f"with `rubric-rl export --run {output_dir} --output {output_dir / 'export'}`")
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
     dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)

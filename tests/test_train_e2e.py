@@ -142,6 +142,22 @@ def test_resume_matches_uninterrupted(full_run, quickstart_dir, monkeypatch):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+def test_resuming_a_finished_run_refuses_instead_of_training_one_more_step(full_run, quickstart_dir):
+    """HF Trainer resumed at max_steps trains one extra step; a finished run is refused with the way out."""
+    import shutil
+
+    from rubric_rl.errors import UserError
+    from rubric_rl.train import train
+
+    tmp, full_out, _ = full_run
+    out = tmp / "finished"
+    shutil.copytree(full_out, out)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match=r"already max_steps=4.*rubric-rl export --run"):
+        train(*make_args(tmp, quickstart_dir, out, "--max_steps", "4", "--resume_from_checkpoint", "true"))
+    assert (out / "metrics.jsonl").read_text() == before
+
+
 def test_rloo_algorithm_runs(full_run, quickstart_dir):
     import shutil
 
