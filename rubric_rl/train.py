@@ -302,7 +302,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
     rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
     reward = InfluenceReward(
-        SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items)),
+        SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items),
+                          max_document_chars=teacher_cfg.teacher_max_document_chars),
         lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
         novelty_weight=args.reward_novelty_weight, log_path=output_dir / f"rollouts{rank_suffix}.jsonl",

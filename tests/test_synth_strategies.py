@@ -146,3 +146,38 @@ def test_parse_ends_the_answer_at_the_next_labelled_block():
     # a multi-line answer with its own reasoning is kept whole
     mc = "Question: Which class?\nAnswer: Let's think step by step.\nX is a triptan.\nThe answer is (B)."
     assert parse_sample(mc)[0][1]["content"] == "Let's think step by step.\nX is a triptan.\nThe answer is (B)."
+
+
+def test_cap_document_cuts_at_a_sentence_end_and_says_so():
+    from rubric_rl.synth.engine import cap_document
+
+    doc = "First sentence here. " * 50  # 1050 characters
+    assert cap_document(doc, 0) is doc and cap_document(doc, 2000) is doc
+    cut = cap_document(doc, 500)
+    kept, mark = cut.rsplit("\n", 1)
+    assert kept.endswith("here.") and 400 <= len(kept) <= 500
+    assert mark == f"[... document cut: {len(kept)} of {len(doc)} characters]"
+    # no sentence end and no space in the last fifth: a hard cut at the limit
+    assert cap_document("x" * 300, 100).startswith("x" * 100 + "\n[")
+
+
+def test_teacher_sees_and_verifiers_check_the_cut_document():
+    from rubric_rl.synth.engine import SampleSynthesizer, SynthItem
+    from rubric_rl.teachers.base import TeacherResult
+
+    seen = []
+
+    class Echo:
+        name = "echo"
+
+        def generate(self, requests):
+            seen.extend(requests)
+            return [TeacherResult(text="Question:\nWhat does the first part say?\nAnswer:\nFirst sentence here.")
+                    for _ in requests]
+
+    doc = "First sentence here. " * 50 + "Secret tail fact."
+    synth = SampleSynthesizer(Echo(), [], max_document_chars=300)
+    synth.synthesize([SynthItem(document=doc, rubric=None, doc_id="d", seed=0)])
+    prompt = seen[0].messages[-1]["content"]
+    assert "Secret tail" not in prompt and "[... document cut:" in prompt and "Secret tail" not in seen[0].document
+    assert synth.documents_cut == 1

@@ -116,7 +116,8 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
                     generators[src.name] = gen
                     timing["generator_load_s"] += time.perf_counter() - t0
             # a fresh verifier chain per dataset (no state shared between sources or seeds)
-            synth = SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items))
+            synth = SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items),
+                                      max_document_chars=teacher_cfg.teacher_max_document_chars)
             t0 = time.perf_counter()
             samples, sstats = synthesize_dataset(src, docs, synth, num_samples=cfg.eval_num_samples,
                                                  max_items=max_items, seed=seed, generator=gen,

@@ -273,7 +273,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
             "synth_overwrite", "synth_progress", "synth_eval_files", "synth_seed_samples")},
         "teacher": {k: getattr(teacher_cfg, k) for k in ("teacher_backend", "teacher_model_name_or_path",
                                                          "teacher_temperature", "teacher_top_p",
-                                                         "teacher_max_new_tokens")},
+                                                         "teacher_max_new_tokens", "teacher_max_document_chars")},
     }
     state = _open_state(paths, fingerprint, cfg.synth_overwrite, source)
     resumed = state is not None
@@ -331,7 +331,8 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                 from ..teachers.factory import build_teacher
 
                 teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in docs])
-            synth = SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]))
+            synth = SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]),
+                                      max_document_chars=teacher_cfg.teacher_max_document_chars)
         return synth
 
     rejected, by_verifier, skipped = (Counter(state["rejected"]), Counter(state["rejected_by_verifier"]),

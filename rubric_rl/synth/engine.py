@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,8 +14,27 @@ from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, SEEDED, STRATEGIES, TEACH
                          strategy_messages)
 from .verifiers import Candidate, default_verifiers, verifier_name
 
-__all__ = ["TEACHER_SYSTEM", "teacher_messages", "SynthItem", "SampleOutcome",
+__all__ = ["TEACHER_SYSTEM", "teacher_messages", "cap_document", "SynthItem", "SampleOutcome",
            "SampleSynthesizer"]
+
+logger = logging.getLogger(__name__)
+
+
+def cap_document(document: str, max_chars: int) -> str:
+    """``document`` itself when it has at most ``max_chars`` characters (or ``max_chars`` is 0); otherwise its
+    first ``max_chars`` characters cut back to the last sentence end (". ", "! ", "? " or a newline) in the
+    window's last fifth, else to the last space, and marked ``[... document cut: N of M characters]``."""
+    if not max_chars or document is None or len(document) <= max_chars:
+        return document
+    window = document[:max_chars]
+    floor = int(max_chars * 0.8)
+    ends = [window.rfind(p) + len(p) - 1 for p in (". ", "! ", "? ", "\n")]
+    cut = max(ends)
+    if cut < floor:
+        space = window.rfind(" ")
+        cut = space if space >= floor else max_chars
+    kept = window[:cut].rstrip()
+    return f"{kept}\n[... document cut: {len(kept)} of {len(document)} characters]"
 
 
 def teacher_messages(document: str, rubric: Rubric | None) -> list[dict]:
@@ -62,8 +82,11 @@ class SampleSynthesizer:
     ``queries_spent``, ``infrastructure_failures`` and ``counts`` (accepted / reason -> n) accumulate over calls.
     """
 
-    def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None):
+    def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None,
+                 max_document_chars: int = 0):
         self.teacher = teacher
+        self.max_document_chars = max_document_chars
+        self.documents_cut = 0
         self.verifiers = default_verifiers() if verifiers is None else verifiers
         self.budget = budget
         self.queries_spent = 0
@@ -80,12 +103,24 @@ class SampleSynthesizer:
         if item.strategy in SEEDED:
             meta["seed_question"] = _turn(item.seed_messages, "user")
             meta["seed_answer"] = _turn(item.seed_messages, "assistant")
-        return TeacherRequest(messages=strategy_messages(item.strategy, item.document, item.rubric, item.seed_messages),
-                              document=item.document, rubric=item.rubric, seed=item.seed, meta=meta)
+        document = self._document(item)
+        return TeacherRequest(messages=strategy_messages(item.strategy, document, item.rubric, item.seed_messages),
+                              document=document, rubric=item.rubric, seed=item.seed, meta=meta)
+
+    def _document(self, item: SynthItem) -> str:
+        """The document as the teacher sees it: cut by :func:`cap_document` (the verifiers check against it too)."""
+        document = cap_document(item.document, self.max_document_chars)
+        if document is not item.document:
+            self.documents_cut += 1
+            if self.documents_cut == 1:
+                logger.warning("teacher prompt: document %s has %d characters, cut to teacher_max_document_chars=%d "
+                               "(at the last sentence end before it); later cuts are counted, not logged",
+                               item.doc_id, len(item.document), self.max_document_chars)
+        return document
 
     def synthesize(self, items: list[SynthItem]) -> list[SampleOutcome]:
         outcomes: list[SampleOutcome | None] = [None] * len(items)
-        requests, index = [], []
+        requests, index, shown = [], [], {}
         for i, item in enumerate(items):
             meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
             if item.strategy not in STRATEGIES:
@@ -99,6 +134,7 @@ class SampleSynthesizer:
             else:
                 requests.append(self._request(item))
                 index.append(i)
+                shown[i] = requests[-1].document  # what the teacher saw (cut if too long): what it is checked on
         results = self.teacher.generate(requests) if requests else []
         if len(results) != len(requests):
             raise RuntimeError(f"teacher {self.teacher_label} returned {len(results)} results for "
@@ -124,7 +160,7 @@ class SampleSynthesizer:
             if messages is None:
                 outcomes[i] = SampleOutcome(None, f"parse_{reason}", res.text, meta)
                 continue
-            outcomes[i] = self._verify(Candidate(messages, item.document, meta), res.text)
+            outcomes[i] = self._verify(Candidate(messages, shown[i], meta), res.text)
         for o in outcomes:
             self.counts["accepted" if o.valid else o.reason] += 1
         return outcomes

@@ -35,6 +35,11 @@ class TeacherConfig:
         metadata={"help": "openai backend: name of the environment variable holding the API key (the key itself "
                           "never goes in a config or a log)."},
     )
+    teacher_max_document_chars: int = field(
+        default=12000, metadata={"help": "A document longer than this many characters is cut before it goes into "
+                                         "the teacher prompt (at the last sentence end in the window's last fifth, "
+                                         "marked as cut), so a prompt never exceeds the teacher's context; the "
+                                         "verifiers check the sample against the cut text. 0: never cut."})
     teacher_concurrency: int = field(default=8, metadata={"help": "openai backend: requests in flight at once."})
     teacher_timeout_s: float = field(default=120.0, metadata={"help": "openai backend: per-request timeout (s)."})
     teacher_max_retries: int = field(
@@ -85,6 +90,8 @@ class TeacherConfig:
             raise ValueError(f"teacher_temperature must be >= 0, got {self.teacher_temperature!r}")
         if not 0 < self.teacher_top_p <= 1:
             raise ValueError(f"teacher_top_p must be in (0, 1], got {self.teacher_top_p!r}")
+        if self.teacher_max_document_chars < 0:
+            raise ValueError(f"teacher_max_document_chars must be >= 0, got {self.teacher_max_document_chars!r}")
         if self.teacher_timeout_s <= 0:
             raise ValueError(f"teacher_timeout_s must be > 0, got {self.teacher_timeout_s!r}")
         if self.teacher_max_retries < 0:
