@@ -89,6 +89,21 @@ class RubricRLArguments:
         metadata={"help": "Evaluation files (chat jsonl: validation, test) that no rewarded sample may copy: "
                           "n-gram decontamination rejects such samples as invalid."},
     )
+    # The verifiers of the RL step: the same checks and settings as `synthesize` (synth_grounding,
+    # synth_grounding_min_overlap, synth_safety, synth_blocklist_file, synth_decontam_ngram/_threshold).
+    reward_grounding: bool = field(
+        default=True, metadata={"help": "Reject samples whose answer is not grounded in the document (as "
+                                        "synthesize's synth_grounding)."})
+    reward_grounding_min_overlap: float = field(
+        default=0.5, metadata={"help": "Grounding: minimum share of the answer's content words found in the "
+                                       "document."})
+    reward_safety: bool = field(default=True, metadata={"help": "Apply the safety blocklist to rewarded samples."})
+    reward_blocklist_file: str | None = field(
+        default=None, metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."})
+    reward_decontam_ngram: int = field(default=8, metadata={"help": "Decontamination n-gram size (words)."})
+    reward_decontam_threshold: float = field(
+        default=0.5, metadata={"help": "A sample is contaminated when it covers more than this share of an "
+                                       "evaluation prompt's informative tokens."})
     reward_invalid_penalty: float = field(
         default=0.1,
         metadata={"help": "lambda in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid): the reward of an "
@@ -194,7 +209,12 @@ class RubricRLArguments:
             raise ValueError(f"reward_if_min_rel must be >= 0, got {self.reward_if_min_rel!r}")
         if self.reward_novelty_weight < 0:
             raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
+        if not 0 < self.reward_grounding_min_overlap <= 1:
+            raise ValueError(f"reward_grounding_min_overlap must be in (0, 1], got {self.reward_grounding_min_overlap!r}")
+        if not 0 <= self.reward_decontam_threshold < 1:
+            raise ValueError(f"reward_decontam_threshold must be in [0, 1), got {self.reward_decontam_threshold!r}")
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",
+                     "reward_decontam_ngram",
                      "policy_sft_max_documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")

@@ -88,6 +88,8 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
     check_influence(influence_cfg, grpo_args.output_dir)
     for path in args.reward_decontam_files or []:
         check_chat_file(path, field="reward_decontam_files")
+    if args.reward_blocklist_file:
+        check_text_file(args.reward_blocklist_file, field="reward_blocklist_file")
     check_teacher(teacher_cfg)
     if args.evaluate_config:
         check_evaluate_config(args.evaluate_config, args.evaluate_sources or [],

@@ -251,6 +251,16 @@ def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
 
 
 # --------------------------------------------------------------------------- main entry
+def train_verifiers(args, eval_items: list[dict] | None) -> list:
+    """The RL step's verifier chain, configured as synthesize's (the ``reward_*`` verifier fields)."""
+    from .synth.verifiers import default_verifiers
+
+    return default_verifiers(eval_items=eval_items, grounding=args.reward_grounding,
+                             grounding_min_overlap=args.reward_grounding_min_overlap, safety=args.reward_safety,
+                             blocklist_file=args.reward_blocklist_file, decontam_ngram=args.reward_decontam_ngram,
+                             decontam_threshold=args.reward_decontam_threshold)
+
+
 def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     """Run the whole job; returns a summary (export path, reward first vs last 20%)."""
     from accelerate import PartialState
@@ -263,7 +273,6 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .reward import InfluenceReward
     from .synth.decontam import load_eval_items
     from .synth.engine import SampleSynthesizer
-    from .synth.verifiers import default_verifiers
     from .teachers.factory import build_teacher
 
     made_by = provenance()  # at the start: the code that runs, not the HEAD at the end
@@ -302,7 +311,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
     rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
     reward = InfluenceReward(
-        SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items),
+        SampleSynthesizer(teacher, train_verifiers(args, eval_items),
                           max_document_chars=teacher_cfg.teacher_max_document_chars),
         lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
