@@ -34,6 +34,7 @@ from trl import GRPOTrainer
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .provenance import provenance
 from .errors import UserError
+from .progress import phase, quiet_trainer_logs
 from .rundir import _resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,9 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     # GRPO starts its own adapter on top); without it, a full fine-tune.
     trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer, peft_config=_policy_peft_config(args))
+    quiet_trainer_logs(trainer)
+    phase("policy SFT warm start", f"{len(rows)} (prompt, seed rubric) pairs, {args.policy_sft_epochs} epochs"
+          f"{', LoRA' if args.policy_use_peft else ''}")
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
@@ -339,6 +343,9 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward),
                    StallGuard(args.stall_steps)],
     )
+    quiet_trainer_logs(trainer)
+    phase(f"{args.algorithm.upper()}", f"{grpo_args.max_steps} steps, {grpo_args.num_generations} generations per "
+          f"prompt; numbers per step in {output_dir / 'metrics.jsonl'}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
     state.wait_for_everyone()
@@ -358,6 +365,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         from .export import export_run
 
         export_dir = output_dir / "export"
+        phase("export", str(export_dir))
         export_run(output_dir, export_dir)
         summary["export_dir"] = str(export_dir)
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))

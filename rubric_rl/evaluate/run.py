@@ -102,6 +102,10 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     total = len(cfg.eval_seeds) * len(resolved)
     bar = tqdm(total=total, desc="evaluate", disable=not cfg.eval_progress, dynamic_ncols=True)
     max_items = math.ceil(cfg.eval_max_queries_per_sample * cfg.eval_num_samples)
+    from ..progress import phase
+
+    phase("evaluation", f"{len(resolved)} sources x {len(cfg.eval_seeds)} seeds, {cfg.eval_num_samples} samples each, "
+          f"report in {output_dir}")
     for seed in cfg.eval_seeds:
         for src in resolved:
             bar.set_postfix(source=src.name, seed=seed, refresh=True)

@@ -313,6 +313,11 @@ def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
         data_collator=PaddingCollator(tok.pad_token_id),
         callbacks=[_ParamNamesCallback(model, wdir)],
     )
+    from ..progress import phase, quiet_trainer_logs
+
+    quiet_trainer_logs(trainer)
+    phase("target warm-up", f"{cfg.target_model_name_or_path}, {len(train)} samples, {cfg.warmup_epochs} epochs "
+          f"(LoRA r={cfg.warmup_lora_r}), checkpoints in {wdir}")
     trainer.train()
     checkpoints = sorted((p.name for p in wdir.glob("checkpoint-*") if p.is_dir()), key=_ckpt_step)
     if not checkpoints:
