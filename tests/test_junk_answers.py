@@ -68,3 +68,17 @@ def test_score_flags_junk_and_select_top_never_picks_it(tmp_path):
     assert top == ["real1", "real0", "real2"]  # the shortest real answers: "B", "42", "200 mg once daily."
     assert summary["scored"] == len(REAL)
     assert sum(summary["unscored"].values()) == len(JUNK)
+
+
+def test_score_marks_exact_duplicates_and_never_selects_them_twice(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"messages": chat("B"), "id": "a"}, {"messages": chat("200 mg once daily."), "id": "b"},
+            {"messages": chat("B"), "id": "a-again"}]  # same messages as line 1, other metadata
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer = ShortIsBest()
+    summary = score_file(InfluenceConfig(), tmp_path, samples, tmp_path / "scored.jsonl", select_top=2,
+                         selected_path=tmp_path / "top.jsonl", progress=False, scorer=scorer, chunk_size=2)
+    out = [json.loads(x) for x in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert out[2]["influence"] is None and out[2]["reason"] == "duplicate" and out[2]["duplicate_of"] == 1
+    assert len(scorer.seen) == 2 and summary["unscored"] == {"duplicate": 1}
+    assert [json.loads(x)["id"] for x in (tmp_path / "top.jsonl").read_text().splitlines()] == ["a", "b"]

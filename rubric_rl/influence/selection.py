@@ -1,8 +1,10 @@
 """``rubric-rl score``: every line of a chat jsonl file scored by influence, in order, and the top K selected.
 
-A line that is not a chat sample, or whose answer is junk (empty, whitespace, control characters, not text),
-is written with ``influence: null`` and its reason and never reaches the scorer; the others are scored in
-chunks by :class:`~rubric_rl.influence.scorer.InfluenceScorer`.
+A line that is not a chat sample, whose answer is junk (empty, whitespace, control characters, not text), or
+that repeats an earlier line's messages exactly (``duplicate``, with ``duplicate_of``: that line's number) is
+written with ``influence: null`` and its reason and never reaches the scorer or the top K; the others are
+scored in chunks by :class:`~rubric_rl.influence.scorer.InfluenceScorer`. A sample longer than
+``influence_max_length`` is scored on its first tokens and marked ``truncated: true``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
             (a float, or null with ``reason``; an answer that is no text gets ``empty_answer``,
             ``whitespace_answer``, ``control_characters_answer`` or ``non_text_answer`` and is never selected;
             malformed lines become ``{"influence": null, "reason":
-            "bad_format", "error": "FILE:LINE: ..."}``), and ``truncated: true`` where the sample was cut.
+            "bad_format", "error": "FILE:LINE: ..."}``; a repeat of an earlier line gets ``duplicate`` and
+            ``duplicate_of``), and ``truncated: true`` where the sample was cut.
         select_top: if set, the K highest-scoring samples are also written, best first, to ``selected_path``.
         selected_path: where the top-K go (default: ``output_path`` with ``.top{K}`` before the suffix).
         chunk_size: lines scored per call of the scorer (memory bound, progress granularity).
@@ -65,6 +68,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     truncated = scored = 0
     values: list[float] = []
     top: list[tuple[float, int, str]] = []
+    first_line: dict[str, int] = {}  # canonical messages -> the line number that had them first
     start = time.perf_counter()
     bar = _tqdm(len(lines), "scoring", progress)
     with output_path.open("w", encoding="utf-8") as out:
@@ -86,7 +90,15 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     errors.append(f"{samples_path}:{lineno}: {msg}")
             junk = [None if o is None else answer_junk_reason(o["messages"] if isinstance(o, dict) else o)
                     for o in objs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
-            idx = [j for j, o in enumerate(objs) if o is not None and junk[j] is None]
+            dup: dict[int, int] = {}
+            for j, o in enumerate(objs):
+                if o is not None and junk[j] is None:
+                    key = json.dumps(o["messages"] if isinstance(o, dict) else o, sort_keys=True, ensure_ascii=False)
+                    if key in first_line:
+                        dup[j] = first_line[key]
+                    else:
+                        first_line[key] = c0 + j + 1
+            idx = [j for j, o in enumerate(objs) if o is not None and junk[j] is None and j not in dup]
             res = scorer.score([objs[j]["messages"] if isinstance(objs[j], dict) else objs[j] for j in idx])
             by_j = dict(zip(idx, res))
             for j, obj in enumerate(objs):
@@ -98,6 +110,10 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
                     row.update(influence=None, reason=junk[j])
                     reasons[junk[j]] += 1
+                elif j in dup:
+                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+                    row.update(influence=None, reason="duplicate", duplicate_of=dup[j])
+                    reasons["duplicate"] += 1
                 else:
                     r = by_j[j]
                     row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
