@@ -35,12 +35,21 @@ from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
 from .synth.grounding import supporting_sentence
 from .synth.verifiers import Candidate
+from .teachers.base import is_teacher_side_failure
 
 logger = logging.getLogger(__name__)
 
-# Teacher failures that are not the rubric's fault: unscorable (None), not invalid.
-INFRA_TEACHER_ERRORS = ("teacher_timeout", "teacher_http", "teacher_connection", "teacher_bad_response",
-                        "teacher_budget_exhausted", "teacher_failed", "teacher_generation_error")
+TEACHER_PREFIX = "teacher_"  # SampleSynthesizer's reason for a teacher failure: "teacher_<error code>"
+
+
+def not_the_rubrics_fault(reason: str | None) -> bool:
+    """Unscorable (None), not invalid: a teacher-side failure (``teachers.base.is_teacher_side_failure``)
+    or an influence failure."""
+    if reason is None:
+        return False
+    if reason.startswith(TEACHER_PREFIX):
+        return is_teacher_side_failure(reason[len(TEACHER_PREFIX):])
+    return reason.startswith("influence_")
 
 
 def completion_text(completion) -> str:
@@ -235,8 +244,7 @@ class InfluenceReward:
                     reasons[i] = f"influence_{res.reason or 'nonfinite'}"
 
         t_influence = time.perf_counter()
-        unscorable = [r is not None and (r.startswith(INFRA_TEACHER_ERRORS) or r.startswith("influence_"))
-                      for r in reasons]
+        unscorable = [not_the_rubrics_fault(r) for r in reasons]
         valid = [samples[i] is not None and not unscorable[i] for i in range(n)]
         rewards = shape_rewards(influences, valid, invalid_penalty=self.invalid_penalty,
                                 scaling=self.scaling, scale=self.scale, scaler=self.scaler)

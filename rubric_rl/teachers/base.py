@@ -66,6 +66,20 @@ def is_infrastructure_error(code: str | None) -> bool:
     return bool(code) and bool(_INFRA_ERRORS.match(code))
 
 
+# The one place that classifies teacher error codes. Infrastructure failures (above) stop a run when too many
+# (the circuit breaker) and never spend budget; the wider "teacher side" set says nothing about the rubric either,
+# so the reward leaves such a rollout unscored (None) instead of penalising the policy for it. Codes outside it
+# (``empty``, ``no_usable_fact``, ``prompt_too_long``, ``bad_request``, ``empty_document``) follow from what the
+# rubric asked for and count as invalid.
+_TEACHER_SIDE = re.compile(r"^(timeout|http|connection|bad_response|budget_exhausted|failed|generation_error)")
+
+
+def is_teacher_side_failure(code: str | None) -> bool:
+    """True when a teacher failure is not the rubric's fault: every infrastructure error, plus a malformed
+    response, a spent budget, a failed or crashed generation."""
+    return bool(code) and bool(_TEACHER_SIDE.match(code))
+
+
 class TeacherUnavailable(RuntimeError):
     """The teacher's infrastructure failed on too many requests of a window (see :class:`CircuitBreaker`)."""
 
