@@ -514,6 +514,10 @@ def _main(argv=None) -> None:  # the subprocess entry point
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--run-dir", required=True)
     ns = ap.parse_args(argv)
+    import os
+
+    logging.basicConfig(level=os.environ.get("RUBRIC_RL_LOG_LEVEL", "INFO"),  # the parent's console format
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = InfluenceConfig(**json.loads(ns.config_json))
     wdir = warmup_dir(ns.run_dir)
     saved = _read_args(wdir)
