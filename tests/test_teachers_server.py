@@ -72,8 +72,8 @@ def test_served_template_equals_in_process_template(template_server, quick, monk
         remote = SampleSynthesizer(t).synthesize(items)
     assert [o.messages for o in remote] == [o.messages for o in local]
     assert all(o.valid for o in remote)
-    batcher = template_server.server.config.app.state.batcher
-    assert batcher.batches < batcher.batched_requests  # concurrent requests were micro-batched
+    # (that concurrent requests are micro-batched depends on arrival timing here; it is checked with a batch
+    # window wide enough to be deterministic in test_micro_batching_waits_only_for_concurrent_clients)
 
 
 def test_failing_teacher_gives_500_and_the_client_a_reason():
