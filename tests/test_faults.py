@@ -158,3 +158,39 @@ def test_kill9_train_then_resume_logs_every_step_once(quickstart_dir, tmp_path):
     for row in _rows(out / "rollouts.jsonl"):
         per_step[row["step"]] = per_step.get(row["step"], 0) + 1
     assert sorted(per_step) == list(range(8)) and set(per_step.values()) == {8}
+
+
+@pytest.mark.slow
+def test_kill9_evaluate_then_rerun_gives_the_uninterrupted_report(quickstart_dir, tmp_path):
+    """evaluate keeps no partial state: SIGKILL once its first dataset is written, and the same command rerun
+    over the half-written folder gives the uninterrupted run's numbers (every dataset rewritten whole)."""
+    from tests.conftest import ROOT
+
+    def argv(out):
+        return ["evaluate", "--config", str(ROOT / "configs" / "evaluate_quickstart.yaml"), "--eval_seeds", "0", "1",
+                "--eval_num_samples", "48", "--eval_epochs", "2", "--eval_progress", "false", "--output", str(out),
+                "--sources", f"seed={quickstart_dir / 'seed_rubrics.json'}", "none=none"]
+
+    def numbers(out):
+        report = json.loads((out / "report.json").read_text())
+        return [(r["source"], r["seed"], r["dataset"]["samples"], round(r["heldout"]["loss"], 6),
+                 r["heldout"]["acc"]) for r in report["runs"]]
+
+    ref = tmp_path / "ref"
+    done = _run_cli(argv(ref), cwd=ROOT)
+    _, err = done.communicate(timeout=900)
+    assert done.returncode == 0, err[-2000:]
+
+    out = tmp_path / "killed"
+    proc = _run_cli(argv(out), cwd=ROOT)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None and not list((out / "datasets").glob("*/seed0.jsonl")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "evaluate ended before the kill: the case was not exercised"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists()  # nothing claims to be a finished report
+    rerun = _run_cli(argv(out), cwd=ROOT)
+    _, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err[-2000:]
+    assert numbers(out) == numbers(ref)
