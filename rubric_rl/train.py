@@ -31,10 +31,10 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
-from .provenance import provenance
 from .errors import UserError
+from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .progress import phase, quiet_trainer_logs
+from .provenance import provenance
 from .rundir import _resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
