@@ -112,13 +112,15 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return whole[:len(whole) - len(cont)], cont
 
 
-def _pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``seqs`` padded to one width, on the right (or on the ``left``)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -210,16 +212,11 @@ def _shared_context_loglikelihoods(model, requests, groups: list[tuple[list[int]
     """Contexts left-padded and run once with ``use_cache``; the cache rows repeated per continuation; the
     continuations right-padded and run on it (position ids continue each context's own)."""
     device = next(model.parameters()).device
+    cache_kwarg = _cache_kwarg(model)
     groups = sorted(groups, key=lambda g: -len(g[0]))
     for start in range(0, len(groups), batch_size):
         batch = groups[start:start + batch_size]
-        width = max(len(ctx) for ctx, _ in batch)
-        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, (ctx, _) in enumerate(batch):
-            ids[r, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
-            mask[r, width - len(ctx):] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = _pad_batch([ctx for ctx, _ in batch], pad_token_id, device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         first_logp = torch.log_softmax(_upcast(res.logits[:, -1]), dim=-1)  # predicts each continuation's 1st token
@@ -228,16 +225,10 @@ def _shared_context_loglikelihoods(model, requests, groups: list[tuple[list[int]
         cache = getattr(res, "cache", None) or res.past_key_values
         cache.reorder_cache(rep)
         conts = [list(requests[i][1]) for _, i in rows]
-        cwidth = max(len(c) for c in conts)
-        cids = torch.full((len(rows), cwidth), pad_token_id, dtype=torch.long)
-        cmask = torch.zeros((len(rows), cwidth), dtype=torch.long)
-        for k, c in enumerate(conts):
-            cids[k, :len(c)] = torch.tensor(c, dtype=torch.long)
-            cmask[k, :len(c)] = 1
-        cids, cmask = cids.to(device), cmask.to(device)
-        cpos = mask.sum(-1)[rep][:, None] + torch.arange(cwidth, device=device)[None, :]
+        cids, cmask = _pad_batch(conts, pad_token_id, device)
+        cpos = mask.sum(-1)[rep][:, None] + torch.arange(cids.shape[1], device=device)[None, :]
         logits = model(input_ids=cids, attention_mask=torch.cat([mask[rep], cmask], dim=1), position_ids=cpos,
-                       use_cache=True, **{_cache_kwarg(model): cache}).logits
+                       use_cache=True, **{cache_kwarg: cache}).logits
         logp = torch.log_softmax(_upcast(logits), dim=-1)
         for k, ((r, i), c) in enumerate(zip(rows, conts)):
             total = first_logp[r, c[0]]
