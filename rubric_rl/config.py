@@ -70,8 +70,9 @@ class RubricRLArguments:
     )
     policy_sft_warmstart: bool = field(
         default=False,
-        metadata={"help": "Before RL, fine-tune the policy on (prompt, seed rubric) pairs. Needed for a tiny "
-                          "random policy, which cannot write JSON; real instruct models skip it."},
+        metadata={"help": "Before RL, fine-tune the policy on (prompt, seed rubric) pairs (a LoRA fine-tune with "
+                          "policy_use_peft). Needed for a tiny random policy, which cannot write JSON; it lifts a "
+                          "small instruct policy (SmolLM2-135M) from about half parseable rubrics."},
     )
     policy_sft_epochs: float = field(default=3.0, metadata={"help": "Warm-start SFT epochs."})
     policy_sft_learning_rate: float = field(default=3e-3, metadata={"help": "Warm-start SFT learning rate."})

@@ -181,3 +181,15 @@ def test_teacher_sees_and_verifiers_check_the_cut_document():
     prompt = seen[0].messages[-1]["content"]
     assert "Secret tail" not in prompt and "[... document cut:" in prompt and "Secret tail" not in seen[0].document
     assert synth.documents_cut == 1
+
+
+def test_parse_ends_a_looping_answer_before_its_first_repeated_sentence():
+    from rubric_rl.synth.parse import parse_sample
+
+    looped = ("Question:\nWhat is the most common side effect of Belmozaline?\nAnswer:\nThe most common side effect of "
+              "Belmozaline is dry cough. The most common side effect of Belmozaline is dry cough. The most common side")
+    msgs, reason = parse_sample(looped)
+    assert reason is None and msgs[1]["content"] == "The most common side effect of Belmozaline is dry cough."
+    # distinct sentences, numbers with decimal points and short repeated fragments are kept
+    kept = "It is 2.5 mg. Take it with food. Yes. Yes."
+    assert parse_sample(f"Question: What is the dose of X?\nAnswer: {kept}")[0][1]["content"] == kept

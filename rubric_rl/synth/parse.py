@@ -57,12 +57,30 @@ _NEXT_BLOCK = re.compile(
 
 def _first_block(answer: str) -> str:
     m = _NEXT_BLOCK.search(answer)
-    return answer[:m.start()] if m else answer
+    return _before_loop(answer[:m.start()] if m else answer)
+
+
+_SENTENCE_END = re.compile(r"[^.!?\n]*[.!?\n]+|[^.!?\n]+$")
+
+
+def _before_loop(answer: str) -> str:
+    """``answer`` up to the first sentence (of at least 3 words) that repeats an earlier one: a small teacher that
+    loops writes its answer sentence again and again until the token limit. Like the labelled-block cut, a stop
+    applied after the fact; a question that loops is still rejected (``repeated_statement``)."""
+    seen: set[str] = set()
+    for m in _SENTENCE_END.finditer(answer):
+        norm = " ".join(re.findall(r"\w+", m.group().lower()))
+        if len(norm.split()) >= 3:
+            if norm in seen:
+                return answer[:m.start()].rstrip()
+            seen.add(norm)
+    return answer
 
 
 def parse_sample(text: str | None) -> tuple[list[dict] | None, str | None]:
     """``(messages, None)`` or ``(None, reason)``. The answer ends at the next labelled block (``Question:``,
-    ``The answer is:``, ``Rubric:``...), which small teachers write when they do not stop."""
+    ``The answer is:``, ``Rubric:``...) or before its first repeated sentence, which small teachers write when
+    they do not stop."""
     text, reason = _clean(text)
     if reason:
         return None, reason
