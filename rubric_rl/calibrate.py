@@ -94,8 +94,8 @@ def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) ->
 def cmd_calibrate(argv: list[str] | None = None) -> dict:
     from .config import _merge_repeated, parse_config
     from .configs.evaluate import EvalConfig
-    from .influence.config import InfluenceConfig
-    from .teachers.config import TeacherConfig
+    from .configs.influence import InfluenceConfig
+    from .configs.teacher import TeacherConfig
 
     argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
     args, cfg, teacher_cfg, influence_cfg = parse_config(

@@ -56,9 +56,11 @@ def cmd_train(argv):
 
             others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
             print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
+            # the evaluation judges the reward this run trained on: its teacher and influence settings are the run's
             cmd_evaluate(["--config", args.evaluate_config,
                           "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
-                          "--output", str(Path(summary["output_dir"]) / "eval")])
+                          "--output", str(Path(summary["output_dir"]) / "eval")],
+                         teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
 
 
 def cmd_export(argv):
@@ -80,7 +82,7 @@ def cmd_export(argv):
 def cmd_warmup(argv):
     from .config import RunDirArguments, parse_config
     from .influence import run_warmup
-    from .influence.config import InfluenceConfig
+    from .configs.influence import InfluenceConfig
 
     run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
                             description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
@@ -95,7 +97,7 @@ def cmd_warmup(argv):
 def cmd_score(argv):
     from .config import RunDirArguments, ScoreArguments, parse_config
     from .influence import score_file
-    from .influence.config import InfluenceConfig
+    from .configs.influence import InfluenceConfig
 
     run, sa, cfg = parse_config((RunDirArguments, ScoreArguments, InfluenceConfig), argv, prog="rubric-rl score",
                                 description="Score chat-format samples by their influence on the validation set "
@@ -111,8 +113,9 @@ def cmd_score(argv):
 
 def cmd_synthesize(argv):
     from .config import SynthArguments, parse_config
-    from .synth.commands import SynthConfig, nothing_accepted_message, synthesize
-    from .teachers.config import TeacherConfig
+    from .configs.synth import SynthConfig
+    from .synth.commands import nothing_accepted_message, synthesize
+    from .configs.teacher import TeacherConfig
 
     sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
                                               prog="rubric-rl synthesize",
@@ -138,19 +141,24 @@ def cmd_serve_teacher(argv):
     serve_main(argv)
 
 
-def cmd_evaluate(argv: list[str] | None = None) -> dict:
-    """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table; returns the report."""
+def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_cfg=None) -> dict:
+    """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table; returns the report.
+
+    ``teacher_cfg`` / ``influence_cfg`` (``train`` passes its own) replace what the config file says; a field
+    the file sets differently is named in a warning."""
     from .config import _merge_repeated, parse_config
     from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
-    from .influence.config import InfluenceConfig
-    from .teachers.config import TeacherConfig
+    from .configs.influence import InfluenceConfig
+    from .configs.teacher import TeacherConfig
 
     argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
-    ea, cfg, teacher_cfg, influence_cfg = parse_config(
+    ea, cfg, file_teacher, file_influence = parse_config(
         (EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl evaluate",
         description="Compare rubric sources downstream: synthesize with each, fine-tune the target, score the "
                     "held-out test set (loss, multiple-choice acc/acc_norm), with influence, validity, diversity, "
                     "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
+    teacher_cfg = _given_over_file(teacher_cfg, file_teacher)
+    influence_cfg = _given_over_file(influence_cfg, file_influence)
     from .evaluate.report import _fmt, format_paired, format_table
     from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
     from .preflight import check_evaluate
@@ -163,6 +171,21 @@ def cmd_evaluate(argv: list[str] | None = None) -> dict:
     print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {_fmt(c['pearson_r'])}")
     print(f"Report: {Path(ea.output) / 'report.md'} ({report['timing']['total_s']:.0f} s)")
     return report
+
+
+def _given_over_file(given, parsed):
+    """``given`` (the training run's settings) when there is one, else ``parsed``; warns about each field the
+    evaluation's config file set to another value."""
+    if given is None:
+        return parsed
+    from dataclasses import fields
+
+    differ = [f"{f.name}={getattr(parsed, f.name)!r} (the run's: {getattr(given, f.name)!r})" for f in fields(given)
+              if getattr(parsed, f.name) != getattr(given, f.name)]
+    if differ:
+        logging.getLogger("rubric_rl").warning("evaluate_config sets %s; the evaluation uses the training run's "
+                                               "values", ", ".join(differ))
+    return given
 
 
 def cmd_calibrate(argv):

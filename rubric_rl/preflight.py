@@ -155,8 +155,8 @@ def check_evaluate_config(config_path: str, sources: list[str], output) -> None:
     'trained' does not exist yet and is not checked."""
     from .config import parse_config
     from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
-    from .influence.config import InfluenceConfig
-    from .teachers.config import TeacherConfig
+    from .configs.influence import InfluenceConfig
+    from .configs.teacher import TeacherConfig
 
     argv = ["--config", config_path, "--sources", *(sources or ["none=none"]), "--output", str(output)]
     try:

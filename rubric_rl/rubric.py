@@ -244,7 +244,6 @@ def parse_rubric_list(completion: str) -> Rubric:
     return rubric
 
 
-RUBRIC_FORMATS = ("json", "list")
 
 
 def try_parse_rubric(completion: str, fmt: str = "json") -> tuple[Rubric | None, str | None]:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from rubric_rl.influence.check import actual_decreases, auc
     from rubric_rl.influence.warmup import load_checkpoints, warmup_dir
     from rubric_rl.stats import spearman
-    from rubric_rl.influence.config import InfluenceConfig
+    from rubric_rl.configs.influence import InfluenceConfig
 
     _, cfg = parse_config((RunDirArguments, InfluenceConfig), ["--config", a.config, "--output_dir", a.output_dir],
                           shared_config=True)

@@ -136,3 +136,40 @@ def test_no_module_over_500_lines_without_a_reason():
             long.append(f"{path.relative_to(ROOT.parent)}: {n} lines")
     assert not long, (f"modules over {MAX_LINES} lines without a sentence starting with {REASON!r} in their "
                       "docstring: " + ", ".join(long))
+
+
+def _map_paths(text: str) -> set[str]:
+    """Module paths named in the first column of docs/architecture.md's module map ("a/{b,c}.py", "a/b.py, c.py"
+    = a/b.py and a/c.py)."""
+    section = text.split("## 2. Module map", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cell = line.split("|")[1]
+        folder = ""
+        for token in re.findall(r"`([^`]+)`", cell):
+            m = re.fullmatch(r"(.*?)\{([^}]*)\}(\.py)", token)
+            names = [f"{m.group(1)}{n}{m.group(3)}" for n in m.group(2).split(",")] if m else [token]
+            for name in names:
+                if "/" in name:
+                    folder = name.rsplit("/", 1)[0] + "/"
+                elif folder:
+                    name = folder + name
+                named.add(name)
+    return named
+
+
+def test_the_module_map_names_every_module_and_only_real_ones():
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = _map_paths(doc)
+    real = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")}
+    missing = sorted(p for p in real - named if not p.endswith("__init__.py"))
+    stale = sorted(named - real)
+    assert not missing, f"modules the map in docs/architecture.md does not name: {missing}"
+    assert not stale, f"docs/architecture.md names modules that do not exist: {stale}"
+
+
+def test_the_map_reader_expands_braces_and_shared_folders():
+    text = "## 2. Module map\n| `a/{b,c}.py` | x |\n| `d/e.py`, `f.py` | y |\n| `g.py` | z |\n## 3. next\n| `h.py` |"
+    assert _map_paths(text) == {"a/b.py", "a/c.py", "d/e.py", "d/f.py", "g.py"}

@@ -99,10 +99,15 @@ def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(rubric_rl.train, "train", lambda *a: {
         "output_dir": str(tmp_path), "export_dir": str(tmp_path / "export"), "reward": {}})
-    monkeypatch.setattr(rubric_rl.cli, "cmd_evaluate", lambda argv: calls.append(argv))
-    main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path)])
-    assert calls == [["--config", "configs/evaluate_quickstart.yaml", "--sources", f"trained={tmp_path / 'export'}",
-                      "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval")]]
+    monkeypatch.setattr(rubric_rl.cli, "cmd_evaluate", lambda argv, **given: calls.append((argv, given)))
+    main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path),
+          "--influence_proj_dim", "512"])
+    assert [argv for argv, _ in calls] == [
+        ["--config", "configs/evaluate_quickstart.yaml", "--sources", f"trained={tmp_path / 'export'}",
+         "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval")]]
+    # the evaluation gets the run's own teacher and influence settings, flags included
+    assert calls[0][1]["influence_cfg"].influence_proj_dim == 512
+    assert calls[0][1]["teacher_cfg"].teacher_backend == "template"
     assert "Downstream evaluation" in capsys.readouterr().out
     # and without it, no evaluation
     cfg = tmp_path / "noeval.yaml"
@@ -110,3 +115,16 @@ def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
                              if not line.startswith("evaluate_")))
     main(["train", "--config", str(cfg), "--output_dir", str(tmp_path)])
     assert len(calls) == 1
+
+
+def test_the_runs_settings_win_over_the_evaluation_file_with_a_warning(caplog):
+    import logging
+
+    from rubric_rl.cli import _given_over_file
+    from rubric_rl.configs.teacher import TeacherConfig
+
+    run, file = TeacherConfig(teacher_temperature=0.5), TeacherConfig(teacher_temperature=0.9)
+    with caplog.at_level(logging.WARNING, logger="rubric_rl"):
+        assert _given_over_file(run, file) is run
+    assert "teacher_temperature=0.9 (the run's: 0.5)" in caplog.text
+    assert _given_over_file(None, file) is file

@@ -9,9 +9,9 @@ import pytest
 from rubric_rl.config import _merge_repeated
 from rubric_rl.evaluate import (EvalArguments, EvalConfig, Source, correlation, distinct_n, evaluate, format_paired,
                                 parse_sources, resolve_source, synthesize_dataset)
-from rubric_rl.influence.config import InfluenceConfig
+from rubric_rl.configs.influence import InfluenceConfig
 from rubric_rl.rubric import Rubric
-from rubric_rl.teachers.config import TeacherConfig
+from rubric_rl.configs.teacher import TeacherConfig
 
 TARGET = "tiny:hidden=32,layers=2,heads=4,seed=1"
 RELATIONS = ["the condition it treats", "the drug class", "its mechanism", "the dose", "contraindications",

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rubric_rl.influence.config import InfluenceConfig
+from rubric_rl.configs.influence import InfluenceConfig
 from rubric_rl.influence.scorer import InfluenceResult
 from rubric_rl.influence.selection import score_file
 from rubric_rl.synth.text import junk_text_reason

@@ -8,7 +8,7 @@ from rubric_rl.rubric import Rubric
 from rubric_rl.synth import commands
 from rubric_rl.synth.commands import SynthConfig, synthesize
 from rubric_rl.teachers.base import TeacherResult
-from rubric_rl.teachers.config import TeacherConfig
+from rubric_rl.configs.teacher import TeacherConfig
 from rubric_rl.teachers.template import TemplateTeacher
 
 
@@ -212,8 +212,10 @@ def test_contaminating_teacher_is_caught(q, tmp_path):
             res = super().generate(requests)
             out = []
             for req, r in zip(requests, res):
-                if req.seed % 3 == 0:
-                    item = val[req.seed % len(val)]["messages"]
+                if req.seed % 3 == 0:  # leak a validation item about this document's drug (grounded, so the
+                    drug = req.document.split()[0]  # decontaminator, not the grounding check, must catch it)
+                    about = [v for v in val if drug in v["messages"][0]["content"]] or val
+                    item = about[req.seed % len(about)]["messages"]
                     r = TeacherResult(text=f"Question:\n{item[0]['content']}\nAnswer:\n{item[1]['content']}")
                 out.append(r)
             return out

@@ -17,7 +17,7 @@ from rubric_rl.cli import main, run_command  # noqa: E402
 from rubric_rl.data.documents import load_documents  # noqa: E402
 from rubric_rl.synth.commands import SynthConfig, synthesize  # noqa: E402
 from rubric_rl.teachers.base import CircuitBreaker, TeacherRequest, TeacherResult, TeacherUnavailable  # noqa: E402
-from rubric_rl.teachers.config import TeacherConfig  # noqa: E402
+from rubric_rl.configs.teacher import TeacherConfig  # noqa: E402
 from rubric_rl.teachers.openai_backend import OpenAITeacher  # noqa: E402
 from rubric_rl.teachers.server import BackgroundServer, create_app  # noqa: E402
 from rubric_rl.teachers.template import TemplateTeacher  # noqa: E402

@@ -11,7 +11,7 @@ from rubric_rl.data.documents import load_documents, load_rubric_file
 from rubric_rl.rubric import Rubric
 from rubric_rl.synth.parse import parse_sample
 from rubric_rl.teachers.base import TeacherRequest
-from rubric_rl.teachers.config import TeacherConfig
+from rubric_rl.configs.teacher import TeacherConfig
 from rubric_rl.teachers.factory import build_teacher, teacher_label
 from rubric_rl.teachers.template import TemplateTeacher
 

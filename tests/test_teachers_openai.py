@@ -236,7 +236,7 @@ def test_close_and_reuse(fault_server):
 
 
 def test_config_holds_the_variable_name_not_the_key(monkeypatch):
-    from rubric_rl.teachers.config import TeacherConfig
+    from rubric_rl.configs.teacher import TeacherConfig
 
     monkeypatch.setenv("RUBRIC_RL_CFG_KEY", "sk-zzz")
     cfg = TeacherConfig(teacher_backend="openai", teacher_model_name_or_path="m",

@@ -1,11 +1,15 @@
-"""The bottom layer: configuration dataclasses that modules of several layers read (the command line's
-parser, the pre-flight checks, the command that runs them). A module here imports only the standard library,
-:mod:`rubric_rl.errors` and, inside a check, a constant of the module the field is for; never a module that
-imports it back.
+"""The bottom layer: every command's settings as dataclasses (TRL's ``HfArgumentParser`` style: a field, its
+default, its ``help``, and a ``__post_init__`` that names the bad field). A module here imports only the
+standard library, another module of this package, and (inside a check) :mod:`rubric_rl.errors` or a constant of
+the module the field is for; never a module that imports it back. :mod:`rubric_rl.config` parses YAML and flags
+into them.
 
+* :mod:`.train`: ``RubricRLArguments`` (policy, data, prompts, reward, warm start, pre-flight), ``DEFAULT_TASK``,
+  ``RUBRIC_FORMATS``; TRL's ``GRPOConfig`` completes a training run;
+* :mod:`.teacher`: ``TeacherConfig`` (``teacher_*``);
+* :mod:`.influence`: ``InfluenceConfig`` (``target_*``, ``warmup_*``, ``influence_*``);
+* :mod:`.synth`: ``SynthConfig`` (``synth_*``), ``SynthArguments``, the strategy names;
 * :mod:`.evaluate`: ``EvalConfig``, ``EvalArguments``, ``parse_sources``, the metric constants;
-* :mod:`.calibrate`: ``CalibrateArguments``.
-
-The other stages' configs (``RubricRLArguments`` and the argument classes in :mod:`rubric_rl.config`,
-``TeacherConfig``, ``InfluenceConfig``, ``SynthConfig``) still live beside their stage.
+* :mod:`.calibrate`: ``CalibrateArguments``;
+* :mod:`.run`: ``RunDirArguments``, ``ScoreArguments`` (``warmup``, ``score``).
 """

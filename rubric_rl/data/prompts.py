@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+from ..configs.train import DEFAULT_TASK
 from ..rubric import RUBRIC_FORMAT_INSTRUCTIONS, RUBRIC_LIST_EXAMPLE, RUBRIC_LIST_INSTRUCTIONS
 
 POLICY_SYSTEM = (
     "You design rubrics that guide a teacher model to write training samples. A good rubric makes the "
     "teacher write samples that teach the target task well."
-)
-DEFAULT_TASK = (
-    "Answer multiple-choice questions about the domain with step-by-step reasoning and a final answer letter."
 )
 
 

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .config import PROJECTION_TILE_ROWS as TILE
+from ..configs.influence import PROJECTION_TILE_ROWS as TILE
 
 _MASK64 = (1 << 64) - 1
 

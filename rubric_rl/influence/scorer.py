@@ -34,7 +34,7 @@ import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
-from .config import PROJECTION_TILE_ROWS, InfluenceConfig
+from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
 from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup

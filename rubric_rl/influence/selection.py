@@ -22,7 +22,7 @@ import torch
 from ..data.chat import ChatFormatError, validate_messages
 from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
-from .config import InfluenceConfig
+from ..configs.influence import InfluenceConfig
 from .scorer import BAD_FORMAT, InfluenceScorer, _tqdm
 
 logger = logging.getLogger("rubric_rl.influence.scorer")

@@ -42,7 +42,7 @@ from transformers import TrainerCallback
 
 from ..data.chat import IGNORE_INDEX, tokenize_chat
 from ..data.documents import load_chat_samples
-from .config import InfluenceConfig
+from ..configs.influence import InfluenceConfig
 
 logger = logging.getLogger(__name__)
 

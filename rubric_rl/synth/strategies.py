@@ -18,12 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..configs.synth import AUGMENT_ANSWER, AUTO, NEW_QUESTION, REPHRASE, SEEDED, STRATEGIES, STRATEGY_CHOICES
 from ..rubric import Rubric
 
-NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augment_answer", "auto"
-STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER)
-STRATEGY_CHOICES = STRATEGIES + (AUTO,)
-SEEDED = (REPHRASE, AUGMENT_ANSWER)  # strategies that need a seed set
 
 TEACHER_SYSTEM = "You are a domain expert who writes high-quality training data for a language model."
 NEW_QUESTION_INSTRUCTIONS = (

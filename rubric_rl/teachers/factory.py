@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import TeacherConfig
+from ..configs.teacher import TeacherConfig
 
 
 def build_teacher(cfg: TeacherConfig, *, documents: list[str] | None = None, device=None):

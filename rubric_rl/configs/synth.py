@@ -1,0 +1,123 @@
+"""``synthesize``'s settings (``synth_*``): strategy, budget, seeds, verifiers, outputs; and the strategy names
+(:mod:`rubric_rl.synth.strategies` writes their prompts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augment_answer", "auto"
+STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER)
+STRATEGY_CHOICES = STRATEGIES + (AUTO,)
+SEEDED = (REPHRASE, AUGMENT_ANSWER)  # strategies that need a seed set
+
+
+@dataclass
+class SynthConfig:
+    synth_strategy: str = field(
+        default=NEW_QUESTION,
+        metadata={"help": "Generation strategy: 'new_question' (new questions from a document under a rubric), "
+                          "'rephrase' (rephrase seed questions), 'augment_answer' (new answers to seed questions), "
+                          "or 'auto' (answer augmentation when budget/seed-set size <= synth_auto_ratio_threshold, "
+                          "else new questions; after Chan et al. 2024)."},
+    )
+    synth_seed_samples: str | None = field(
+        default=None,
+        metadata={"help": "Seed set for 'rephrase', 'augment_answer' and 'auto': chat-format jsonl "
+                          "({'messages': [...], 'doc_id': ...}); 'doc_id' links a seed to its document. Never the "
+                          "validation or test set."},
+    )
+    synth_budget: int | None = field(
+        default=None,
+        metadata={"help": "Maximum teacher queries for the run (resumes included). Default: "
+                          "synth_max_queries_per_sample * num_samples."},
+    )
+    synth_max_queries_per_sample: float = field(
+        default=4.0, metadata={"help": "Default budget per requested sample, when synth_budget is not set."}
+    )
+    synth_auto_ratio_threshold: float = field(
+        default=4.0,
+        metadata={"help": "'auto' strategy: budget/seed-set ratio at or below which answers are augmented instead of "
+                          "new questions written (task-dependent; tune it)."},
+    )
+    synth_batch_size: int = field(
+        default=32, metadata={"help": "Teacher queries per chunk; the run checkpoints after every chunk."}
+    )
+    synth_seed: int = field(default=0, metadata={"help": "Seed for the item order, teacher seeds and rubric generation."})
+    synth_eval_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation sets (chat jsonl, e.g. validation and test) no training sample may overlap "
+                          "with: n-gram decontamination. Empty: decontamination is off (a warning says so)."},
+    )
+    synth_decontam_ngram: int = field(default=8, metadata={"help": "Decontamination n-gram size (words)."})
+    synth_decontam_threshold: float = field(
+        default=0.5, metadata={"help": "A sample is contaminated when it covers more than this share of an "
+                                       "evaluation prompt's informative tokens."}
+    )
+    synth_grounding: bool = field(default=True, metadata={"help": "Reject answers not grounded in the document."})
+    synth_grounding_min_overlap: float = field(
+        default=0.5, metadata={"help": "Grounding: minimum share of the answer's content words found in the document."}
+    )
+    synth_safety: bool = field(default=True, metadata={"help": "Apply the safety blocklist."})
+    synth_blocklist_file: str | None = field(
+        default=None, metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."}
+    )
+    synth_dedup: bool = field(default=True, metadata={"help": "Remove near-duplicate samples (MinHash over shingles)."})
+    synth_dedup_threshold: float = field(
+        default=0.8, metadata={"help": "Near-duplicate when the shingle Jaccard similarity is >= this."}
+    )
+    synth_save_dataset: str | None = field(
+        default=None, metadata={"help": "Also save the samples as an HF datasets folder here (load_from_disk)."}
+    )
+    synth_write_rejected: bool = field(
+        default=False, metadata={"help": "Also write rejected candidates with their reason to OUTPUT.rejected.jsonl."}
+    )
+    synth_overwrite: bool = field(
+        default=False,
+        metadata={"help": "Start over when OUTPUT exists from a run with other arguments (default: refuse)."},
+    )
+    synth_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self):
+        if self.synth_strategy not in STRATEGY_CHOICES:
+            raise ValueError(f"synth_strategy must be one of {STRATEGY_CHOICES}, got {self.synth_strategy!r}")
+        if self.synth_strategy in ("rephrase", "augment_answer") and not self.synth_seed_samples:
+            raise ValueError(f"synth_seed_samples is required for synth_strategy={self.synth_strategy!r}")
+        if self.synth_budget is not None and self.synth_budget < 1:
+            raise ValueError(f"synth_budget must be >= 1, got {self.synth_budget!r}")
+        for name in ("synth_max_queries_per_sample", "synth_auto_ratio_threshold"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("synth_batch_size", "synth_decontam_ngram"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.synth_decontam_threshold < 1:
+            raise ValueError(f"synth_decontam_threshold must be in [0, 1), got {self.synth_decontam_threshold!r}")
+        for name in ("synth_grounding_min_overlap", "synth_dedup_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if isinstance(self.synth_eval_files, str):
+            self.synth_eval_files = [p for p in self.synth_eval_files.split(",") if p]
+        for path in [self.synth_seed_samples, self.synth_blocklist_file, *self.synth_eval_files]:
+            if path and not Path(path).exists():
+                name = ("synth_seed_samples" if path == self.synth_seed_samples else
+                        "synth_blocklist_file" if path == self.synth_blocklist_file else "synth_eval_files")
+                raise ValueError(f"{name}: file not found: {path!r}")
+
+
+@dataclass
+class SynthArguments:
+    rubric_source: str = field(
+        default="none",
+        metadata={"help": "Where rubrics come from: an exported rubric generator folder, a rubrics JSON file, "
+                          "or 'none' (no rubric)."},
+    )
+    documents: str = field(default="data/quickstart/documents.jsonl", metadata={"help": "Documents file."})
+    output: str = field(default=None, metadata={"help": "Output jsonl of chat samples with provenance."})
+    num_samples: int | None = field(default=None, metadata={"help": "Samples to accept (default: one per document)."})
+
+    def __post_init__(self):
+        if not self.output:
+            raise ValueError("--output is required (the jsonl to write)")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples!r}")
