@@ -206,96 +206,121 @@ class InfluenceReward:
 
         t0 = time.perf_counter()
         n = len(completions)
-        documents = document or [""] * n
-        doc_ids = doc_id or [""] * n
         step = getattr(trainer_state, "global_step", None)
-        texts = [completion_text(c) for c in completions]
-
-        reasons: list[str | None] = [None] * n
-        rubrics = [None] * n
-        for i, text in enumerate(texts):
-            rubrics[i], err = try_parse_rubric(text, self.rubric_format)
+        rollouts = [Rollout(text=completion_text(c), document=(document or [""] * n)[i],
+                            doc_id=(doc_id or [""] * n)[i], group=completion_text(prompts[i]) if prompts else "")
+                    for i, c in enumerate(completions)]
+        for r in rollouts:
+            r.rubric, err = try_parse_rubric(r.text, self.rubric_format)
             if err:
-                reasons[i] = f"rubric_{err}"
+                r.reason = f"rubric_{err}"
 
-        todo = [i for i in range(n) if reasons[i] is None]
+        todo = [r for r in rollouts if r.reason is None]
         t_parse = time.perf_counter()
         outcomes = self.synthesizer.synthesize(
-            [SynthItem(document=documents[i], rubric=rubrics[i], doc_id=str(doc_ids[i]), seed=(step or 0) * n + i)
-             for i in todo]
+            [SynthItem(document=r.document, rubric=r.rubric, doc_id=str(r.doc_id), seed=(step or 0) * n + i)
+             for i, r in enumerate(rollouts) if r.reason is None]
         )
-        samples: list[list[dict] | None] = [None] * n
-        teacher_texts: list[str | None] = [None] * n  # kept for every rollout: rejects can be diagnosed
-        for i, out in zip(todo, outcomes, strict=True):
-            teacher_texts[i] = out.teacher_text
+        for r, out in zip(todo, outcomes, strict=True):
+            r.teacher_text = out.teacher_text  # kept for every rollout: rejects can be diagnosed
             if out.valid:
-                samples[i] = out.messages
+                r.sample = out.messages
             else:
-                reasons[i] = out.reason
+                r.reason = out.reason
         t_synth = time.perf_counter()
 
-        scored = [i for i in range(n) if samples[i] is not None]
-        influences: list[float | None] = [None] * n
+        scored = [r for r in rollouts if r.sample is not None]
         if scored:
-            for i, res in zip(scored, self.scorer.score([samples[i] for i in scored]), strict=True):
-                influences[i] = res.value
+            for r, res in zip(scored, self.scorer.score([r.sample for r in scored]), strict=True):
+                r.influence = res.value
                 if res.value is None or not math.isfinite(res.value):
-                    influences[i] = None
-                    reasons[i] = f"influence_{res.reason or 'nonfinite'}"
+                    r.influence = None
+                    r.reason = f"influence_{res.reason or 'nonfinite'}"
 
         t_influence = time.perf_counter()
-        unscorable = [not_the_rubrics_fault(r) for r in reasons]
-        valid = [samples[i] is not None and not unscorable[i] for i in range(n)]
-        rewards = shape_rewards(influences, valid, invalid_penalty=self.invalid_penalty,
-                                scaling=self.scaling, scale=self.scale, scaler=self.scaler)
-        for i in range(n):
-            if unscorable[i]:
-                rewards[i] = None
+        for r in rollouts:
+            r.unscorable = not_the_rubrics_fault(r.reason)
+        rewards = shape_rewards([r.influence for r in rollouts], [r.valid for r in rollouts],
+                                invalid_penalty=self.invalid_penalty, scaling=self.scaling, scale=self.scale,
+                                scaler=self.scaler)
+        for r, reward in zip(rollouts, rewards, strict=True):
+            r.reward = None if r.unscorable else reward
         # Novelty among the samples that got a reward from their influence (valid, finite): which passage
         # of the document each one is about, compared within its GRPO group (same document and prompt).
-        passages = [supporting_sentence((c := Candidate(samples[i])).question, c.answer, documents[i])
-                    if valid[i] and rewards[i] is not None else MISSING for i in range(n)]
-        novelty = group_novelty(passages, [(str(doc_ids[i]), completion_text(prompts[i]) if prompts else "")
-                                           for i in range(n)])
-        if self.novelty_weight:
-            for i in range(n):
-                if novelty[i] is not None:
-                    rewards[i] += self.novelty_weight * novelty[i]
+        for r in rollouts:
+            if r.valid and r.reward is not None:
+                c = Candidate(r.sample)
+                r.passage = supporting_sentence(c.question, c.answer, r.document)
+        novelty = group_novelty([r.passage for r in rollouts], [(str(r.doc_id), r.group) for r in rollouts])
+        for r, nov in zip(rollouts, novelty, strict=True):
+            r.novelty = nov
+            if self.novelty_weight and nov is not None:
+                r.reward += self.novelty_weight * nov
+        self._account(rollouts, step, log_metric, log_extra,
+                      {"time/rubric_parse_s": t_parse - t0, "time/teacher_and_verifiers_s": t_synth - t_parse,
+                       "time/influence_s": t_influence - t_synth}, t0)
+        return [r.reward for r in rollouts]
 
-        # ---- accounting and logging
+    def _account(self, rollouts: list["Rollout"], step, log_metric, log_extra, timings: dict, t0: float) -> None:
+        """Counts, metrics (``log_metric``), TRL's completion table (``log_extra``) and the rollout log."""
+        import time
+
+        n = len(rollouts)
         self.stats.calls += 1
-        for i in range(n):
-            self.stats.outcomes["valid" if valid[i] else (reasons[i] or "unknown")] += 1
-        n_none = sum(r is None for r in rewards)
+        for r in rollouts:
+            self.stats.outcomes["valid" if r.valid else (r.reason or "unknown")] += 1
+        n_none = sum(r.reward is None for r in rollouts)
         if n_none:
             logger.info("reward: %d/%d completions unscorable (%s)", n_none, n,
-                        dict(Counter(reasons[i] for i in range(n) if rewards[i] is None)))
-        finite_if = [x for x in influences if x is not None]
+                        dict(Counter(r.reason for r in rollouts if r.reward is None)))
+        finite_if = [r.influence for r in rollouts if r.influence is not None]
         self.recent_influences.extend(finite_if)
         if log_metric is not None:
-            t_end = time.perf_counter()
-            log_metric("time/rubric_parse_s", t_parse - t0)
-            log_metric("time/teacher_and_verifiers_s", t_synth - t_parse)
-            log_metric("time/influence_s", t_influence - t_synth)
-            log_metric("time/reward_total_s", t_end - t0)
-            log_metric("valid_rate", sum(valid) / n)
-            log_metric("rubric_parse_rate", sum(r is not None for r in rubrics) / n)
+            for name, seconds in timings.items():
+                log_metric(name, seconds)
+            log_metric("time/reward_total_s", time.perf_counter() - t0)
+            log_metric("valid_rate", sum(r.valid for r in rollouts) / n)
+            log_metric("rubric_parse_rate", sum(r.rubric is not None for r in rollouts) / n)
             log_metric("unscorable_rate", n_none / n)
             if finite_if:
                 log_metric("influence_mean", sum(finite_if) / len(finite_if))
-            finite_nov = [x for x in novelty if x is not None]
+            finite_nov = [r.novelty for r in rollouts if r.novelty is not None]
             if finite_nov:
                 log_metric("novelty_mean", sum(finite_nov) / len(finite_nov))
         if log_extra is not None:
-            log_extra("outcome", [r or "valid" for r in reasons])
-            log_extra("raw_influence", influences)
-            log_extra("novelty", novelty)
-            log_extra("sample", [json.dumps(s, ensure_ascii=False) if s else "" for s in samples])
+            log_extra("outcome", [r.reason or "valid" for r in rollouts])
+            log_extra("raw_influence", [r.influence for r in rollouts])
+            log_extra("novelty", [r.novelty for r in rollouts])
+            log_extra("sample", [json.dumps(r.sample, ensure_ascii=False) if r.sample else "" for r in rollouts])
         if self.log_path is not None:
-            append_jsonl(self.log_path, ({"step": step, "doc_id": doc_ids[i], "rubric": texts[i],
-                                          "outcome": reasons[i] or "valid", "influence": influences[i],
-                                          "passage": passages[i] if passages[i] is not MISSING else None,
-                                          "novelty": novelty[i], "reward": rewards[i], "sample": samples[i],
-                                          "teacher_text": teacher_texts[i] if samples[i] is None else None}
-                                         for i in range(n)))
-        return rewards
+            append_jsonl(self.log_path, (r.log_row(step) for r in rollouts))
+
+
+@dataclass
+class Rollout:
+    """One completion of the policy through the reward: its rubric, the teacher's sample (or why there is none),
+    the sample's influence, novelty and reward."""
+
+    text: str
+    document: str
+    doc_id: str
+    group: str  # the prompt: with doc_id, the GRPO group
+    rubric: object = None
+    reason: str | None = None  # None while nothing has gone wrong; "rubric_*", a verifier's code, "influence_*"...
+    teacher_text: str | None = None
+    sample: list[dict] | None = None
+    influence: float | None = None
+    unscorable: bool = False  # not the rubric's fault (teacher infrastructure, influence): reward None
+    passage: object = MISSING  # the document sentence the sample is about (group_novelty's input)
+    novelty: float | None = None
+    reward: float | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.sample is not None and not self.unscorable
+
+    def log_row(self, step) -> dict:
+        return {"step": step, "doc_id": self.doc_id, "rubric": self.text, "outcome": self.reason or "valid",
+                "influence": self.influence, "passage": self.passage if self.passage is not MISSING else None,
+                "novelty": self.novelty, "reward": self.reward, "sample": self.sample,
+                "teacher_text": self.teacher_text if self.sample is None else None}
