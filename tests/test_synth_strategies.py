@@ -21,8 +21,8 @@ def world(quickstart_dir):
 
 def test_auto_rule_follows_budget_to_seed_ratio():
     assert choose_strategy("auto", budget=100, num_seeds=50).strategy == AUGMENT_ANSWER  # ratio 2
-    assert choose_strategy("auto", budget=200, num_seeds=50).strategy == AUGMENT_ANSWER  # ratio 4: boundary
-    assert choose_strategy("auto", budget=201, num_seeds=50).strategy == NEW_QUESTION
+    assert choose_strategy("auto", budget=800, num_seeds=50).strategy == AUGMENT_ANSWER  # ratio 16: boundary
+    assert choose_strategy("auto", budget=801, num_seeds=50).strategy == NEW_QUESTION
     assert choose_strategy("auto", budget=10_000, num_seeds=50).strategy == NEW_QUESTION
     assert choose_strategy("auto", budget=10, num_seeds=0).strategy == NEW_QUESTION  # no seed set
     assert choose_strategy("auto", budget=100, num_seeds=50, ratio_threshold=1.0).strategy == NEW_QUESTION

@@ -10,6 +10,10 @@ NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augm
 STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER)
 STRATEGY_CHOICES = STRATEGIES + (AUTO,)
 SEEDED = (REPHRASE, AUGMENT_ANSWER)  # strategies that need a seed set
+# 'auto': answer augmentation up to this budget/seed-set ratio, new questions above it. Chan et al. (2024) report
+# the crossover at 16-27 (about 12 with a stronger student); on the offline world new questions won at every
+# ratio from 1 to 16 (scripts/budget_rule.py, reports/budget_rule/), see synth.strategies.choose_strategy.
+AUTO_RATIO_THRESHOLD = 16.0
 
 
 @dataclass
@@ -36,9 +40,12 @@ class SynthConfig:
         default=4.0, metadata={"help": "Default budget per requested sample, when synth_budget is not set."}
     )
     synth_auto_ratio_threshold: float = field(
-        default=4.0,
+        default=AUTO_RATIO_THRESHOLD,
         metadata={"help": "'auto' strategy: budget/seed-set ratio at or below which answers are augmented instead of "
-                          "new questions written (task-dependent; tune it)."},
+                          "new questions written. Default 16: the low end of the crossover Chan et al. (2024) report "
+                          "(16-27; about 12 with a stronger student). On the offline world new questions won at "
+                          "every ratio from 1 to 16 (scripts/budget_rule.py): task- and teacher-dependent, measure "
+                          "it on yours."},
     )
     synth_batch_size: int = field(
         default=32, metadata={"help": "Teacher queries per chunk; the run checkpoints after every chunk."}
