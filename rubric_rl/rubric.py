@@ -244,8 +244,6 @@ def parse_rubric_list(completion: str) -> Rubric:
     return rubric
 
 
-
-
 def try_parse_rubric(completion: str, fmt: str = "json") -> tuple[Rubric | None, str | None]:
     """``(rubric, None)`` or ``(None, reason)``; ``fmt`` is the format the policy was asked for."""
     try:
