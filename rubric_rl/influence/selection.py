@@ -75,6 +75,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
         for c0 in range(0, len(lines), chunk_size):
             chunk = lines[c0:c0 + chunk_size]
             objs: list[dict | None] = []
+            msgs: list[list | None] = []  # each line's messages (a line may be {"messages": [...]} or the list)
             errors: list[str | None] = []
             for j, line in enumerate(chunk):
                 lineno = c0 + j + 1
@@ -83,40 +84,41 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     messages = obj["messages"] if isinstance(obj, dict) else obj
                     validate_messages(messages)
                     objs.append(obj)
+                    msgs.append(messages)
                     errors.append(None)
                 except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
                     objs.append(None)
+                    msgs.append(None)
                     msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
                     errors.append(f"{samples_path}:{lineno}: {msg}")
-            junk = [None if o is None else answer_junk_reason(o["messages"] if isinstance(o, dict) else o)
-                    for o in objs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
+            junk = [None if m is None else answer_junk_reason(m)
+                    for m in msgs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
             dup: dict[int, int] = {}
-            for j, o in enumerate(objs):
-                if o is not None and junk[j] is None:
-                    key = json.dumps(o["messages"] if isinstance(o, dict) else o, sort_keys=True, ensure_ascii=False)
+            for j, m in enumerate(msgs):
+                if m is not None and junk[j] is None:
+                    key = json.dumps(m, sort_keys=True, ensure_ascii=False)
                     if key in first_line:
                         dup[j] = first_line[key]
                     else:
                         first_line[key] = c0 + j + 1
-            idx = [j for j, o in enumerate(objs) if o is not None and junk[j] is None and j not in dup]
-            res = scorer.score([objs[j]["messages"] if isinstance(objs[j], dict) else objs[j] for j in idx])
-            by_j = dict(zip(idx, res))
+            idx = [j for j, m in enumerate(msgs) if m is not None and junk[j] is None and j not in dup]
+            by_j = dict(zip(idx, scorer.score([msgs[j] for j in idx])))
             for j, obj in enumerate(objs):
                 if obj is None:
                     row = {"influence": None, "reason": BAD_FORMAT, "error": errors[j]}
                     reasons[BAD_FORMAT] += 1
                     logger.warning("%s", errors[j])
-                elif junk[j] is not None:
-                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+                    out.write(dumps_line(row))
+                    continue
+                row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+                if junk[j] is not None:
                     row.update(influence=None, reason=junk[j])
                     reasons[junk[j]] += 1
                 elif j in dup:
-                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
                     row.update(influence=None, reason="duplicate", duplicate_of=dup[j])
                     reasons["duplicate"] += 1
                 else:
                     r = by_j[j]
-                    row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
                     row["influence"] = r.value
                     if r.reason is not None:
                         row["reason"] = r.reason
