@@ -207,21 +207,22 @@ class InfluenceReward:
         t0 = time.perf_counter()
         n = len(completions)
         step = getattr(trainer_state, "global_step", None)
-        rollouts = [Rollout(text=completion_text(c), document=(document or [""] * n)[i],
-                            doc_id=(doc_id or [""] * n)[i], group=completion_text(prompts[i]) if prompts else "")
+        documents, doc_ids = document or [""] * n, doc_id or [""] * n
+        rollouts = [Rollout(text=completion_text(c), document=documents[i], doc_id=doc_ids[i],
+                            group=completion_text(prompts[i]) if prompts else "")
                     for i, c in enumerate(completions)]
         for r in rollouts:
             r.rubric, err = try_parse_rubric(r.text, self.rubric_format)
             if err:
                 r.reason = f"rubric_{err}"
 
-        todo = [r for r in rollouts if r.reason is None]
+        todo = [(i, r) for i, r in enumerate(rollouts) if r.reason is None]
         t_parse = time.perf_counter()
         outcomes = self.synthesizer.synthesize(
             [SynthItem(document=r.document, rubric=r.rubric, doc_id=str(r.doc_id), seed=(step or 0) * n + i)
-             for i, r in enumerate(rollouts) if r.reason is None]
+             for i, r in todo]
         )
-        for r, out in zip(todo, outcomes, strict=True):
+        for (_, r), out in zip(todo, outcomes, strict=True):
             r.teacher_text = out.teacher_text  # kept for every rollout: rejects can be diagnosed
             if out.valid:
                 r.sample = out.messages
@@ -238,8 +239,6 @@ class InfluenceReward:
                     r.reason = f"influence_{res.reason or 'nonfinite'}"
 
         t_influence = time.perf_counter()
-        for r in rollouts:
-            r.unscorable = not_the_rubrics_fault(r.reason)
         rewards = shape_rewards([r.influence for r in rollouts], [r.valid for r in rollouts],
                                 invalid_penalty=self.invalid_penalty, scaling=self.scaling, scale=self.scale,
                                 scaler=self.scaler)
@@ -310,10 +309,14 @@ class Rollout:
     teacher_text: str | None = None
     sample: list[dict] | None = None
     influence: float | None = None
-    unscorable: bool = False  # not the rubric's fault (teacher infrastructure, influence): reward None
     passage: object = MISSING  # the document sentence the sample is about (group_novelty's input)
     novelty: float | None = None
     reward: float | None = None
+
+    @property
+    def unscorable(self) -> bool:
+        """Not the rubric's fault (teacher infrastructure, influence): reward None."""
+        return not_the_rubrics_fault(self.reason)
 
     @property
     def valid(self) -> bool:
