@@ -227,17 +227,15 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         verifiers.append(dedup)
 
     own_teacher = teacher is None
-    engine: list[SampleSynthesizer] = []  # built on the first chunk: a finished run loads no model
 
-    def synthesizer() -> SampleSynthesizer:
+    def synthesizer() -> SampleSynthesizer:  # called by run_items on the first chunk: a finished run loads no model
         nonlocal teacher
         if teacher is None:
             from ..teachers.factory import build_teacher
 
             teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in docs])
-        engine.append(SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]),
-                                        max_document_chars=teacher_cfg.teacher_max_document_chars))
-        return engine[0]
+        return SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]),
+                                 max_document_chars=teacher_cfg.teacher_max_document_chars)
 
     rubrics.generated, rubrics.unparseable = state["rubrics_generated"], state["rubrics_unparseable"]
     planner = ItemPlanner(docs, rubrics, seed=cfg.synth_seed, strategy=strategy, seed_samples=seeds)
@@ -266,7 +264,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         "queries_spent": state["queries"], "budget": budget, "stopped": stopped, "surplus": state["surplus"],
         "infrastructure_failures": state.get("infrastructure_failures", 0),
         "strategy": strategy, "strategy_why": state["strategy_why"],
-        "teacher": engine[0].teacher_label if engine else _teacher_label(teacher, teacher_cfg),
+        "teacher": _teacher_label(teacher, teacher_cfg),
         "rubric_source": source.kind + ("" if source.kind == "none" else f":{rubric_source}"),
         "rubrics_generated": rubrics.generated, "rubrics_unparseable": rubrics.unparseable,
         "decontamination": bool(eval_items), "resumed": resumed, "elapsed_s": state["elapsed_s"],
