@@ -114,8 +114,8 @@ def cmd_score(argv):
 def cmd_synthesize(argv):
     from .config import SynthArguments, parse_config
     from .configs.synth import SynthConfig
-    from .synth.commands import nothing_accepted_message, synthesize
     from .configs.teacher import TeacherConfig
+    from .synth.commands import nothing_accepted_message, synthesize
 
     sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
                                               prog="rubric-rl synthesize",

@@ -88,7 +88,7 @@ class SynthConfig:
     def __post_init__(self):
         if self.synth_strategy not in STRATEGY_CHOICES:
             raise ValueError(f"synth_strategy must be one of {STRATEGY_CHOICES}, got {self.synth_strategy!r}")
-        if self.synth_strategy in ("rephrase", "augment_answer") and not self.synth_seed_samples:
+        if self.synth_strategy in SEEDED and not self.synth_seed_samples:
             raise ValueError(f"synth_seed_samples is required for synth_strategy={self.synth_strategy!r}")
         if self.synth_budget is not None and self.synth_budget < 1:
             raise ValueError(f"synth_budget must be >= 1, got {self.synth_budget!r}")
