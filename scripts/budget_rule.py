@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -49,8 +48,11 @@ def synthesize(strategy: str, docs, seed_set, rubric_file: str, teacher, eval_it
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(1, len(xs) - 1))
+    """Mean and sample standard deviation over seeds, as the evaluation reports them."""
+    from rubric_rl.evaluate.stats import _stats
+
+    st = _stats(xs)
+    return st["mean"], st["std"]
 
 
 def main(argv=None) -> dict:
@@ -132,11 +134,9 @@ def main(argv=None) -> dict:
                 row[strategy]["accepted"] = sum(r["synthesis"]["accepted"] for r in rs) / len(rs)
             aug, new = row["augment_answer"]["val_loss"][0], row["new_question"]["val_loss"][0]
             row["new_question_wins_on_validation"] = new < aug
-            row["seeds_new_question_wins"] = sum(
-                n["val_loss"] < g["val_loss"]
-                for n in runs if n["seed_size"] == size and n["ratio"] == ratio and n["strategy"] == "new_question"
-                for g in runs if g["seed_size"] == size and g["ratio"] == ratio and g["strategy"] == "augment_answer"
-                and g["seed"] == n["seed"])
+            val = {(r["strategy"], r["seed"]): r["val_loss"] for r in runs
+                   if r["seed_size"] == size and r["ratio"] == ratio}
+            row["seeds_new_question_wins"] = sum(val["new_question", s] < val["augment_answer", s] for s in a.seeds)
             if new < aug and crossover[size] is None:
                 crossover[size] = ratio
             table.append(row)
