@@ -22,6 +22,7 @@ commands:
   serve-teacher  serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
   evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
   calibrate      does the reward predict the gain? influence vs held-out gain over sources x seeds (rubric-rl calibrate --help)
+  closed-loop    student-guided synthesis in rounds, per selection rule, vs static generation (rubric-rl closed-loop --help)
 
 Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
 A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
@@ -194,6 +195,34 @@ def cmd_calibrate(argv):
     run(argv)
 
 
+def cmd_closed_loop(argv):
+    from .config import parse_config
+    from .configs.closed_loop import ClosedLoopArguments, ClosedLoopConfig
+    from .configs.evaluate import EvalConfig
+    from .configs.influence import InfluenceConfig
+    from .configs.teacher import TeacherConfig
+
+    argv = list(argv)
+    la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg = parse_config(
+        (ClosedLoopArguments, ClosedLoopConfig, EvalConfig, TeacherConfig, InfluenceConfig), argv,
+        prog="rubric-rl closed-loop",
+        description="Closed-loop synthesis (arXiv:2512.00884): per round the current student scores the seed "
+                    "questions, a selection rule picks seeds, the teacher writes one sample per picked seed, a fresh "
+                    "target is fine-tuned on all samples so far. One loop per rule and seed; resumable; writes "
+                    "report.json, report.md and budget_curve.png to --output. Fine-tuning and held-out settings are "
+                    "the evaluation's eval_* fields.", shared_config=True)
+    from .loop import closed_loop
+    from .loop.report import format_paired, format_table
+    from .preflight import check_closed_loop
+
+    check_closed_loop(la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg)
+    report = closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, la.output, argv=argv)
+    print(format_table(report))
+    print("\n" + format_paired(report))
+    print(f"Report: {Path(la.output) / 'report.md'} ({report['seconds']:.0f} s)")
+    return report
+
+
 COMMANDS = {
     "train": cmd_train,
     "export": cmd_export,
@@ -203,6 +232,7 @@ COMMANDS = {
     "serve-teacher": cmd_serve_teacher,
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
+    "closed-loop": cmd_closed_loop,
 }
 
 

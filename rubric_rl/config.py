@@ -50,10 +50,11 @@ def known_config_fields() -> set[str]:
 
     types = list(train_dataclasses()) + [RunDirArguments, ScoreArguments, SynthArguments]
     from .configs.calibrate import CalibrateArguments
+    from .configs.closed_loop import ClosedLoopArguments, ClosedLoopConfig
     from .configs.evaluate import EvalArguments, EvalConfig
     from .configs.synth import SynthConfig
 
-    types += [SynthConfig, EvalConfig, EvalArguments, CalibrateArguments]
+    types += [SynthConfig, EvalConfig, EvalArguments, CalibrateArguments, ClosedLoopConfig, ClosedLoopArguments]
     return {f.name for t in types for f in dc.fields(t)}
 
 

@@ -150,6 +150,34 @@ def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
     check_teacher(teacher_cfg)
 
 
+def check_closed_loop(la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> None:
+    from .configs.closed_loop import INFLUENCE
+    from .synth.pipeline import RubricSource
+
+    docs = check_documents(eval_cfg.eval_documents, field="eval_documents", text_field=eval_cfg.eval_document_text_field)
+    check_chat_file(eval_cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    seeds = check_chat_file(loop_cfg.loop_seed_data, field="loop_seed_data", need_assistant=True)
+    if loop_cfg.loop_num_seeds > len(seeds):
+        raise UserError(f"loop_num_seeds={loop_cfg.loop_num_seeds}, but loop_seed_data {loop_cfg.loop_seed_data} "
+                        f"holds {len(seeds)} seeds")
+    if loop_cfg.loop_strategy == "new_question":
+        ids = {d["id"] for d in docs}
+        for i, s in enumerate(seeds):
+            if str(s.get("doc_id")) not in ids:
+                raise UserError(f"loop_seed_data: {loop_cfg.loop_seed_data}:{i + 1}: doc_id {s.get('doc_id')!r} is "
+                                f"not a document of eval_documents ({eval_cfg.eval_documents}); new_question writes "
+                                "from the seed's document")
+    try:
+        RubricSource.resolve(loop_cfg.loop_rubric_source)
+    except ValueError as err:
+        raise UserError(f"loop_rubric_source: {err}") from None
+    if influence_cfg.influence_validation_data:
+        check_chat_file(influence_cfg.influence_validation_data, field="influence_validation_data", need_assistant=True)
+    elif INFLUENCE in loop_cfg.loop_rules:
+        raise UserError("loop_rules has 'influence', which needs influence_validation_data (the validation chat jsonl)")
+    check_teacher(teacher_cfg)
+
+
 def check_evaluate_config(config_path: str, sources: list[str], output) -> None:
     """The evaluation `rubric-rl train` runs at its end (evaluate_config), checked before training. The source
     'trained' does not exist yet and is not checked."""

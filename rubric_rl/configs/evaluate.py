@@ -146,7 +146,8 @@ class EvalArguments:
     sources: list[str] | None = field(
         default=None,
         metadata={"help": "Rubric sources to compare, NAME=SPEC each (repeat the flag or list them): SPEC is an "
-                          "exported rubric generator folder, a rubrics JSON file, or 'none' (no rubric)."},
+                          "exported rubric generator folder, a rubrics JSON file, 'none' (no rubric), or a "
+                          "closed-loop rule folder (OUT/<rule> of rubric-rl closed-loop: its dataset per seed)."},
     )
     output: str | None = field(default=None, metadata={"help": "Report folder (report.json, report.md, plots)."})
 

@@ -18,7 +18,7 @@ from .heldout import heldout_metrics
 from .plots import write_plots
 from .report import _fmt, _jsonable, build_report, format_markdown
 from .stats import _gain, _stats
-from .synthesis import Source, dataset_stats, resolve_source, synthesize_dataset
+from .synthesis import Source, dataset_stats, loop_dataset, resolve_source, synthesize_dataset
 
 
 logger = logging.getLogger("rubric_rl.evaluate")
@@ -123,9 +123,12 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
             synth = SampleSynthesizer(teacher, default_verifiers(eval_items=eval_items),
                                       max_document_chars=teacher_cfg.teacher_max_document_chars)
             t0 = time.perf_counter()
-            samples, sstats = synthesize_dataset(src, docs, synth, num_samples=cfg.eval_num_samples,
-                                                 max_items=max_items, seed=seed, generator=gen,
-                                                 generator_batch_size=cfg.eval_generator_batch_size)
+            if src.kind == "dataset":  # a closed loop's finished dataset for this seed
+                samples, sstats = loop_dataset(src, seed, cfg.eval_num_samples)
+            else:
+                samples, sstats = synthesize_dataset(src, docs, synth, num_samples=cfg.eval_num_samples,
+                                                     max_items=max_items, seed=seed, generator=gen,
+                                                     generator_batch_size=cfg.eval_generator_batch_size)
             timing["synthesis_s"] += time.perf_counter() - t0
             dstats = dataset_stats(samples, tokenizer, cfg.eval_max_length)
             ds_path = None

@@ -9,12 +9,41 @@ from collections import Counter
 from ..synth.pipeline import RubricSource as Source
 from ..synth.pipeline import synthesize_dataset
 
-__all__ = ["Source", "resolve_source", "synthesize_dataset", "dataset_stats", "distinct_n"]
+__all__ = ["Source", "resolve_source", "synthesize_dataset", "loop_dataset", "dataset_stats", "distinct_n"]
 
 
 def resolve_source(name: str, spec: str) -> Source:
-    """A source from its SPEC; errors name the source and the SPEC."""
-    return Source.resolve(spec, name)
+    """A source from its SPEC (a closed-loop dataset folder too); errors name the source and the SPEC."""
+    return Source.resolve(spec, name, datasets=True)
+
+
+def loop_dataset(source: Source, seed: int, num_samples: int) -> tuple[list[dict], dict]:
+    """A closed-loop rule folder's dataset for ``seed`` (its first ``num_samples`` samples: the budget of the
+    evaluation) and synthesis stats read from the loop's rounds, in the evaluation's keys."""
+    import json
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..jsonl import read_jsonl
+
+    folder = Path(source.spec) / f"seed{seed}"
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        raise UserError(f"source {source.name}={source.spec!r}: no finished closed loop for seed {seed} "
+                        f"({summary_path} missing); run closed-loop with eval_seeds including {seed}")
+    summary = json.loads(summary_path.read_text())
+    samples = read_jsonl(folder / "dataset.jsonl")
+    kept = samples[:num_samples]
+    rejected: Counter = Counter()
+    for r in summary["rounds"]:
+        rejected.update(r.get("rejected", {}))
+    tried = summary["accepted"] + sum(rejected.values())
+    stats = {"items_tried": tried, "teacher_queries": summary["queries"], "accepted": len(kept),
+             "validity_rate": summary["accepted"] / tried if tried else 0.0, "rejected": dict(sorted(rejected.items())),
+             "budget_exhausted": len(kept) < num_samples, "closed_loop": {"rule": summary["rule"],
+                                                                           "loop_samples": len(samples),
+                                                                           "rounds": len(summary["rounds"])}}
+    return kept, stats
 
 
 def _words(text: str) -> list[str]:

@@ -48,18 +48,20 @@ def document_order(seed: int, epoch: int, n: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------- rubric source
 @dataclass
 class RubricSource:
-    """What a source SPEC names: ``none``, a rubrics JSON file (``rubrics``), or an exported rubric generator
-    folder (``run_dir``: the training run its export metadata names)."""
+    """What a source SPEC names: ``none``, a rubrics JSON file (``rubrics``), an exported rubric generator
+    folder (``run_dir``: the training run its export metadata names), or a closed-loop rule folder
+    (``OUT/<rule>`` of ``rubric-rl closed-loop``: a finished dataset per seed; only ``evaluate`` takes it)."""
 
     name: str
-    kind: str  # none | file | generator
+    kind: str  # none | file | generator | dataset
     spec: str
     rubrics: list | None = None
     run_dir: str | None = None
 
     @classmethod
-    def resolve(cls, spec: str, name: str | None = None) -> "RubricSource":
-        """The source a SPEC names; errors name the source (``NAME=SPEC``, or the SPEC alone)."""
+    def resolve(cls, spec: str, name: str | None = None, *, datasets: bool = False) -> "RubricSource":
+        """The source a SPEC names; errors name the source (``NAME=SPEC``, or the SPEC alone). A closed-loop
+        dataset folder is accepted only with ``datasets`` (the evaluation: it has samples, not rubrics)."""
         from ..data.documents import DataFileError, load_rubric_file
         from ..errors import UserError
         from ..generator import EXPORT_META
@@ -70,8 +72,16 @@ class RubricSource:
             return cls(name, "none", spec)
         path = Path(spec)
         if path.is_dir():
+            from ..configs.closed_loop import RULE_MARKER
+
+            if (path / RULE_MARKER).exists():
+                if not datasets:
+                    raise UserError(f"{label} is a closed-loop dataset folder, which holds samples, not rubrics; "
+                                    "only `rubric-rl evaluate --sources` takes it")
+                return cls(name, "dataset", spec)
             if not (path / "config.json").exists():
-                raise UserError(f"{label}: folder is not an exported rubric generator (no config.json)")
+                raise UserError(f"{label}: folder is neither an exported rubric generator (no config.json) nor a "
+                                f"closed-loop rule folder (no {RULE_MARKER})")
             meta_path = path / EXPORT_META
             run_dir = json.loads(meta_path.read_text()).get("run_dir") if meta_path.exists() else None
             return cls(name, "generator", spec, run_dir=run_dir)

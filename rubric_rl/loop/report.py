@@ -1,0 +1,125 @@
+"""The closed-loop report: one entry per selection rule (per-seed curves of the held-out metric vs budget spent,
+final metrics over seeds, paired comparison with the baselines), its markdown, and ``budget_curve.png``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..configs.closed_loop import RANDOM, REPORT_FORMAT, STATIC
+from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS
+from ..evaluate.report import _fmt
+from ..evaluate.stats import _stats
+
+METRICS = PRIMARY_METRICS + ("validation_loss",)
+
+
+def build_report(loop_cfg, eval_cfg, runs: list[dict], baseline: dict, *, target: str) -> dict:
+    primary = eval_cfg.eval_primary_metric
+    lower = LOWER_IS_BETTER[primary]
+    unit = loop_cfg.loop_budget_unit
+    rules = {}
+    for rule in loop_cfg.loop_rules:
+        rs = sorted((r for r in runs if r["rule"] == rule), key=lambda r: r["seed"])
+        curves = {r["seed"]: [{"spent": m[f"spent_{unit}"], "samples": m["spent_samples"],
+                               "queries": m["spent_queries"], **{k: m["heldout"].get(k) for k in METRICS}}
+                              for m in r["rounds"]] for r in rs}
+        n_rounds = len(rs[0]["rounds"]) if rs else 0
+        mean_curve = [{"spent": _stats([curves[s][t]["spent"] for s in curves])["mean"],
+                       **{k: _stats([curves[s][t][k] for s in curves]) for k in METRICS}} for t in range(n_rounds)]
+        rules[rule] = {
+            "rounds": loop_cfg.rounds_of(rule),
+            "final": {k: _stats([r["final"].get(k) for r in rs]) for k in METRICS},
+            "accepted": _stats([r["accepted"] for r in rs]), "queries": _stats([r["queries"] for r in rs]),
+            "seeds": {str(r["seed"]): {"final": {k: r["final"].get(k) for k in METRICS}, "accepted": r["accepted"],
+                                       "queries": r["queries"], "dataset": r["dataset_path"]} for r in rs},
+            "curve": curves, "mean_curve": mean_curve,
+        }
+    by = {(r["rule"], r["seed"]): r["final"].get(primary) for r in runs}
+    paired = {}
+    for a in loop_cfg.loop_rules:
+        for b in (STATIC, RANDOM):
+            if a == b or b not in loop_cfg.loop_rules:
+                continue
+            diffs = [(by[b, s] - by[a, s]) if lower else (by[a, s] - by[b, s]) for s in eval_cfg.eval_seeds
+                     if by.get((a, s)) is not None and by.get((b, s)) is not None]
+            paired[f"{a}>{b}"] = {"wins": sum(d > 0 for d in diffs), "seeds": len(diffs),
+                                  "mean_advantage": _stats(diffs)["mean"], "advantages": diffs}
+    return {"format": REPORT_FORMAT, "primary_metric": primary, "target": target, "budget": loop_cfg.loop_budget,
+            "budget_unit": unit, "rounds": loop_cfg.loop_rounds, "strategy": loop_cfg.loop_strategy,
+            "rubric_source": loop_cfg.loop_rubric_source, "seed_data": loop_cfg.loop_seed_data,
+            "num_seeds": loop_cfg.loop_num_seeds, "seeds": list(eval_cfg.eval_seeds), "test_data": eval_cfg.eval_test_data,
+            "baseline": {k: baseline.get(k) for k in METRICS}, "rules": rules, "paired": paired}
+
+
+def _pm(st: dict) -> str:
+    return "n/a" if st["mean"] is None else f"{st['mean']:.4f} ± {st['std']:.4f}"
+
+
+def format_table(report: dict) -> str:
+    p = report["primary_metric"]
+    seeds = report["seeds"]
+    head = (f"| rule | rounds | test {p} (mean ± std) | " + " | ".join(f"seed {s}" for s in seeds)
+            + " | acc | validation loss | samples | queries |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for rule, r in report["rules"].items():
+        per = " | ".join(_fmt(r["seeds"].get(str(s), {}).get("final", {}).get(p)) for s in seeds)
+        lines.append(f"| {rule} | {r['rounds']} | {_pm(r['final'][p])} | {per} | {_pm(r['final']['acc'])} | "
+                     f"{_pm(r['final']['validation_loss'])} | {_fmt(r['accepted']['mean'])} | "
+                     f"{_fmt(r['queries']['mean'])} |")
+    lines.append(f"| (untrained target) | | {_fmt(report['baseline'].get(p))} | " + " | ".join("" for _ in seeds)
+                 + f" | {_fmt(report['baseline'].get('acc'))} | {_fmt(report['baseline'].get('validation_loss'))} "
+                   "| 0 | 0 |")
+    return "\n".join(lines)
+
+
+def format_paired(report: dict) -> str:
+    p = report["primary_metric"]
+    if not report["paired"]:
+        return "Paired: no static or random baseline among the rules."
+    out = [f"Paired by seed (test {p}; advantage > 0 = the first rule is better):"]
+    for k, v in report["paired"].items():
+        adv = ", ".join(f"{d:+.4f}" for d in v["advantages"])
+        out.append(f"- {k.replace('>', ' vs ')}: better in {v['wins']}/{v['seeds']} seeds, mean advantage "
+                   f"{_fmt(v['mean_advantage'])} ({adv})")
+    return "\n".join(out)
+
+
+def format_markdown(report: dict) -> str:
+    md = ["# Closed-loop synthesis", "",
+          f"Budget {report['budget']} {report['budget_unit']} per loop; {report['rounds']} rounds (static: 1); "
+          f"strategy {report['strategy']}; rubric source {report['rubric_source']}; seed questions "
+          f"{report['seed_data']}; target {report['target']}; held-out test set {report['test_data']} (reported, "
+          "never used to select).", "", f"Command: `{report.get('command')}`, commit {report.get('commit')}", "",
+          format_table(report), "", format_paired(report), "", "Curves (mean over seeds of the held-out metric after "
+          "each round) are in budget_curve.png and report.json (`rules.<rule>.curve`).", ""]
+    return "\n".join(md)
+
+
+def write_plot(report: dict, out_dir: Path) -> str:
+    """budget_curve.png: the held-out primary metric vs budget spent, one line per rule (mean over seeds, a band
+    of one std), the untrained target at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = report["primary_metric"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    base = report["baseline"].get(p)
+    for rule, r in report["rules"].items():
+        xs = [0] + [c["spent"] for c in r["mean_curve"]]
+        means = [base] + [c[p]["mean"] for c in r["mean_curve"]]
+        stds = [0.0] + [c[p]["std"] or 0.0 for c in r["mean_curve"]]
+        style = "--" if rule in (STATIC, RANDOM) else "-"
+        (line,) = ax.plot(xs, means, style, marker="o", label=rule)
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=line.get_color(), alpha=0.15)
+    ax.set_xlabel(f"budget spent ({report['budget_unit']})")
+    ax.set_ylabel(f"held-out test {p}")
+    ax.set_title(f"closed loop: test {p} vs budget ({len(report['seeds'])} seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = "budget_curve.png"
+    fig.savefig(out_dir / name, dpi=120)
+    plt.close(fig)
+    return name
