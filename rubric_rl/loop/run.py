@@ -7,7 +7,8 @@ shares ``b_0..b_{T-1}`` of the budget (:meth:`ClosedLoopConfig.round_budgets`):
    (:mod:`rubric_rl.loop.selection`) and picks the top ``min(b_t, |S|)``; ``static`` takes all seeds, spread
    evenly, in one round;
 2. item ``k`` of the round is the ``k``-th picked seed (cycling when the teacher's samples are rejected), with its
-   document, the rubric of the rubric source, the strategy, and the teacher seed ``s * 1_000_003 + t * 100_003 + k``;
+   document, the rubric of the rubric source (a file's rubrics cycle over all the loop's items), the strategy, and
+   the teacher seed ``s * 1_000_003 + t * 100_003 + k``;
    the shared pipeline (:func:`~rubric_rl.synth.pipeline.run_items`) runs the items until the round's share is
    spent, exactly: ``b_t`` accepted samples, or ``b_t`` teacher queries;
 3. a fresh target is fine-tuned on all samples so far with the evaluation's fine-tuning (the same seed, order and
@@ -52,12 +53,14 @@ _FREE = {"loop_rules", "loop_overwrite", "loop_progress", "loop_save_students", 
 
 class SeedPlanner:
     """Item ``k`` of round ``t`` -> a :class:`~rubric_rl.synth.engine.SynthItem` for the ``k``-th picked seed
-    (``order`` cycles; ``None`` = static: every seed once per epoch, in the pipeline's document order)."""
+    (``order`` cycles; ``None`` = static: every seed once per epoch, in the pipeline's document order).
+    ``offset`` is the number of items the earlier rounds planned: a rubric file's rubrics cycle over the whole
+    loop, not from its first rubric again each round."""
 
     def __init__(self, seeds: list[dict], order: list[int] | None, documents: list[dict], rubrics, *, seed: int,
-                 round_index: int, strategy: str):
+                 round_index: int, strategy: str, offset: int = 0):
         self.seeds, self.order, self.documents, self.rubrics = seeds, order, documents, rubrics
-        self.seed, self.round, self.strategy = seed, round_index, strategy
+        self.seed, self.round, self.strategy, self.offset = seed, round_index, strategy, offset
         self.doc_by_id = {d["id"]: i for i, d in enumerate(documents)}
 
     def seed_of(self, k: int) -> int:
@@ -78,7 +81,7 @@ class SeedPlanner:
         if self.strategy == NEW_QUESTION and doc_index is None:
             return None, "seed_without_document"
         # a generator writes one rubric per document each round; a file source cycles its rubrics over the items
-        rubric, label, usable = self.rubrics.get(k, doc_index, self.round)
+        rubric, label, usable = self.rubrics.get(self.offset + k, doc_index, self.round)
         if not usable:
             return None, "rubric_unparseable"
         doc = self.documents[doc_index] if doc_index is not None else {"id": "", "text": ""}
@@ -287,7 +290,8 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
         _write_json(rdir / "selection.json", {"round": t, "rule": rule, "share": share, "picked": order,
                                               "scores": scores, **extra})
         del student
-        planner = SeedPlanner(seeds, order, world.docs, stream, seed=seed, round_index=t, strategy=cfg.loop_strategy)
+        planner = SeedPlanner(seeds, order, world.docs, stream, seed=seed, round_index=t, strategy=cfg.loop_strategy,
+                              offset=sum(m["items"] for m in done))
         sink = MemorySink(share)
         if cfg.loop_budget_unit == "samples":
             stopped, cursor = run_items(planner, world.synthesizer, sink, num_samples=share,
@@ -306,7 +310,8 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
             (rs_dir / f"round{t - 1}" / "student.safetensors").unlink(missing_ok=True)
         spent["samples"] += sink.accepted
         spent["queries"] += cursor.queries
-        m = {"round": t, "share": share, "accepted": sink.accepted, "queries": cursor.queries, "stopped": stopped,
+        m = {"round": t, "share": share, "accepted": sink.accepted, "queries": cursor.queries, "items": cursor.next_item,
+             "stopped": stopped,
              "rejected": dict(sorted(sink.reasons.items())), "spent_samples": spent["samples"],
              "spent_queries": spent["queries"], "train_samples": len(data), "finetune": ft, "heldout": held,
              "seconds": round(time.perf_counter() - t0, 2)}
