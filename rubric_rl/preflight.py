@@ -160,13 +160,15 @@ def check_closed_loop(la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> Non
     if loop_cfg.loop_num_seeds > len(seeds):
         raise UserError(f"loop_num_seeds={loop_cfg.loop_num_seeds}, but loop_seed_data {loop_cfg.loop_seed_data} "
                         f"holds {len(seeds)} seeds")
-    if loop_cfg.loop_strategy == "new_question":
+    from .configs.synth import NEEDS_DOCUMENT
+
+    if loop_cfg.loop_strategy in NEEDS_DOCUMENT:
         ids = {d["id"] for d in docs}
         for i, s in enumerate(seeds):
             if str(s.get("doc_id")) not in ids:
                 raise UserError(f"loop_seed_data: {loop_cfg.loop_seed_data}:{i + 1}: doc_id {s.get('doc_id')!r} is "
-                                f"not a document of eval_documents ({eval_cfg.eval_documents}); new_question writes "
-                                "from the seed's document")
+                                f"not a document of eval_documents ({eval_cfg.eval_documents}); {loop_cfg.loop_strategy} "
+                                "writes from the seed's document")
     try:
         RubricSource.resolve(loop_cfg.loop_rubric_source)
     except ValueError as err:

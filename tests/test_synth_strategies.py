@@ -6,7 +6,9 @@ import pytest
 
 from rubric_rl.data.documents import load_chat_samples, load_documents, load_rubric_file
 from rubric_rl.synth.engine import SampleSynthesizer, SynthItem, teacher_messages
-from rubric_rl.synth.strategies import (AUGMENT_ANSWER, NEW_QUESTION, REPHRASE, choose_strategy, strategy_messages)
+from rubric_rl.synth.strategies import (AUGMENT_ANSWER, NEW_QUESTION, REPHRASE, SIMILAR_QUESTION, choose_strategy,
+                                        strategy_messages)
+from rubric_rl.teachers.template import _seed_style
 from rubric_rl.teachers.base import TeacherResult
 from rubric_rl.teachers.template import TemplateTeacher
 
@@ -46,9 +48,12 @@ def test_prompts(world):
     assert seed[1]["content"] not in aug  # a NEW answer: the seed answer is not shown
     with pytest.raises(ValueError, match="seed sample"):
         strategy_messages(REPHRASE, doc, None, None)
+    sim = strategy_messages(SIMILAR_QUESTION, doc, rubrics[0], seed)[-1]["content"]
+    assert f"Example question:\n{seed[0]['content']}" in sim and f"Example answer:\n{seed[1]['content']}" in sim
+    assert "same kind" in sim and f"Document:\n{doc}" in sim
 
 
-@pytest.mark.parametrize("strategy", [NEW_QUESTION, REPHRASE, AUGMENT_ANSWER])
+@pytest.mark.parametrize("strategy", [NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, SIMILAR_QUESTION])
 def test_each_strategy_end_to_end(world, strategy):
     docs, by_id, seeds, rubrics = world
     synth = SampleSynthesizer(TemplateTeacher(list(by_id.values())))
@@ -66,6 +71,9 @@ def test_each_strategy_end_to_end(world, strategy):
             assert q == s["messages"][0]["content"]  # question kept
         if strategy == REPHRASE:
             assert q != s["messages"][0]["content"] and a == s["messages"][1]["content"]
+        if strategy == SIMILAR_QUESTION:  # another fact, asked and answered in the seed's format and style
+            assert q.split("\n")[0] != s["messages"][0]["content"].split("\n")[0]
+            assert _seed_style(q, a) == _seed_style(s["messages"][0]["content"], s["messages"][1]["content"])
     if strategy == AUGMENT_ANSWER:  # the rubric changes the answers
         assert sum(o.messages[1]["content"] != s["messages"][1]["content"] for o, s in zip(outs, seeds)) >= 12
 
@@ -78,8 +86,10 @@ def test_seeded_strategy_without_seed_or_document(world):
         SynthItem("", None, strategy=REPHRASE, seed_messages=seeds[0]["messages"]),  # rephrase needs no document
         SynthItem("", None, strategy=AUGMENT_ANSWER, seed_messages=seeds[0]["messages"]),
         SynthItem("doc", None, strategy="distill"),
+        SynthItem("", None, strategy=SIMILAR_QUESTION, seed_messages=seeds[0]["messages"]),  # needs its document
     ])
-    assert [o.reason for o in outs] == ["missing_seed_sample", None, "teacher_empty_document", "unknown_strategy"]
+    assert [o.reason for o in outs] == ["missing_seed_sample", None, "teacher_empty_document", "unknown_strategy",
+                                        "empty_document"]
     assert synth.queries_spent == 2
 
 

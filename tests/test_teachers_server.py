@@ -131,20 +131,22 @@ def test_serve_entry_point_errors(monkeypatch):
 
 
 def test_template_request_fields_from_messages(quick):
-    """The template teacher recognises the three strategy prompts when it only gets messages."""
+    """The template teacher recognises the four strategy prompts when it only gets messages."""
     from rubric_rl.synth.strategies import strategy_messages
     from rubric_rl.teachers.template import _request_fields
 
     docs, rubrics = quick
     seed = [{"role": "user", "content": "Which adverse effect is reported most often with X?"},
             {"role": "assistant", "content": "nausea"}]
-    for strategy in ("new_question", "rephrase", "augment_answer"):
+    for strategy in ("new_question", "rephrase", "augment_answer", "similar_question"):
         msgs = strategy_messages(strategy, docs[0]["text"], rubrics[3], seed if strategy != "new_question" else None)
         f = _request_fields(TeacherRequest(messages=msgs))
         assert f["strategy"] == strategy and f["document"] == docs[0]["text"]
         assert json.dumps(f["rubric"].to_dict()) == json.dumps(rubrics[3].to_dict())
         if strategy != "new_question":
             assert f["question"] == seed[0]["content"]
+        if strategy in ("rephrase", "similar_question"):
+            assert f["answer"] == seed[1]["content"]
 
 
 def test_micro_batching_waits_only_for_concurrent_clients(quick):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .synth import NEW_QUESTION, STRATEGIES
+from .synth import SIMILAR_QUESTION, STRATEGIES
 
 LOSS_OWN = "loss_own"
 LOSS_REFERENCE = "loss_reference"
@@ -53,10 +53,11 @@ class ClosedLoopConfig:
         default=4, metadata={"help": "Rounds the budget is split over (evenly, the remainder to the first rounds); "
                                      "static always uses one."})
     loop_strategy: str = field(
-        default=NEW_QUESTION,
-        metadata={"help": f"What the teacher writes for a picked seed, one of {list(STRATEGIES)}: new_question "
-                          "(a new question and answer from the seed's document, the paper's loop), rephrase (the "
-                          "seed question reworded), augment_answer (a new answer to the seed question)."},
+        default=SIMILAR_QUESTION,
+        metadata={"help": f"What the teacher writes for a picked seed, one of {list(STRATEGIES)}: similar_question "
+                          "(a new question of the seed's kind about another fact of its document, with its answer: "
+                          "the paper's loop), new_question (a new question from the seed's document, the seed itself "
+                          "unseen), rephrase (the seed question reworded), augment_answer (a new answer to it)."},
     )
     loop_rubric_source: str = field(
         default="none",

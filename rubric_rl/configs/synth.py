@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augment_answer", "auto"
-STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER)
+SIMILAR_QUESTION = "similar_question"  # the closed loop's: a new question like a seed (Kessler et al. 2025)
+STRATEGIES = (NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, SIMILAR_QUESTION)
 STRATEGY_CHOICES = STRATEGIES + (AUTO,)
-SEEDED = (REPHRASE, AUGMENT_ANSWER)  # strategies that need a seed set
+SEEDED = (REPHRASE, AUGMENT_ANSWER, SIMILAR_QUESTION)  # strategies that need a seed set
+NEEDS_DOCUMENT = (NEW_QUESTION, SIMILAR_QUESTION)  # strategies that write from the document alone
 # 'auto': answer augmentation up to this budget/seed-set ratio, new questions above it. Chan et al. (2024) report
 # the crossover at 16-27 (about 12 with a stronger student); on the offline world new questions won at every
 # ratio from 1 to 16 (scripts/budget_rule.py, reports/budget_rule/), see synth.strategies.choose_strategy.
@@ -22,6 +24,7 @@ class SynthConfig:
         default=NEW_QUESTION,
         metadata={"help": "Generation strategy: 'new_question' (new questions from a document under a rubric), "
                           "'rephrase' (rephrase seed questions), 'augment_answer' (new answers to seed questions), "
+                          "'similar_question' (a new question of the seed's kind about another fact of its document), "
                           "or 'auto' (answer augmentation when budget/seed-set size <= synth_auto_ratio_threshold, "
                           "else new questions; after Chan et al. 2024)."},
     )

@@ -72,13 +72,13 @@ class SeedPlanner:
         return document_order(self.seed, epoch, len(self.seeds))[pos]
 
     def plan(self, k: int):
+        from ..configs.synth import NEEDS_DOCUMENT, NEW_QUESTION
         from ..synth.engine import SynthItem
-        from ..synth.strategies import NEW_QUESTION
 
         i = self.seed_of(k)
         sample = self.seeds[i]
         doc_index = self.doc_by_id.get(str(sample.get("doc_id")))
-        if self.strategy == NEW_QUESTION and doc_index is None:
+        if self.strategy in NEEDS_DOCUMENT and doc_index is None:
             return None, "seed_without_document"
         # a generator writes one rubric per document each round; a file source cycles its rubrics over the items
         rubric, label, usable = self.rubrics.get(self.offset + k, doc_index, self.round)

@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..configs.synth import NEEDS_DOCUMENT
 from ..rubric import Rubric
 from ..teachers.base import Teacher, TeacherRequest, is_infrastructure_error
 from ..teachers.factory import teacher_label
@@ -127,7 +128,7 @@ class SampleSynthesizer:
                 outcomes[i] = SampleOutcome(None, "unknown_strategy", meta=meta)
             elif item.strategy in SEEDED and not item.seed_messages:
                 outcomes[i] = SampleOutcome(None, "missing_seed_sample", meta=meta)
-            elif item.strategy == NEW_QUESTION and (not item.document or not item.document.strip()):
+            elif item.strategy in NEEDS_DOCUMENT and (not item.document or not item.document.strip()):
                 outcomes[i] = SampleOutcome(None, "empty_document", meta=meta)
             elif self.budget_left is not None and self.budget_left <= len(requests):
                 outcomes[i] = SampleOutcome(None, "teacher_budget_exhausted", meta=meta)

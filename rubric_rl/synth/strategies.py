@@ -1,25 +1,30 @@
 """Generation strategies: what the teacher is asked to write, and how to choose between them.
 
-Three strategies, after Chan et al., "Balancing Cost and Effectiveness of Synthetic Data Generation
-Strategies for LLMs" (2024, arXiv:2409.19759), each costing ONE teacher query per candidate sample:
+Three strategies after Chan et al., "Balancing Cost and Effectiveness of Synthetic Data Generation
+Strategies for LLMs" (2024, arXiv:2409.19759), and the closed loop's, each costing ONE teacher query per
+candidate sample:
 
-* ``new_question``   a new question and its answer from a document, under a rubric (the RL default);
-* ``rephrase``       a seed question rephrased (same information asked in other words) and answered;
-* ``augment_answer`` a new answer to a seed question, the question kept as is.
+* ``new_question``     a new question and its answer from a document, under a rubric (the RL default);
+* ``rephrase``         a seed question rephrased (same information asked in other words) and answered;
+* ``augment_answer``   a new answer to a seed question, the question kept as is;
+* ``similar_question`` a new question of the seed question's kind (format, answer style) about another fact of
+  the seed's document, and its answer: what the teacher writes for a selected seed in the closed loop of Kessler
+  et al. (arXiv:2512.00884), so that what a selection rule measures on a seed carries over to its new sample.
 
 ``auto`` picks one of them from the teacher-query budget and the seed set, see :func:`choose_strategy`.
 
 Prompt layout (shared with the offline template teacher, which reads it back when it is served over
 HTTP): labelled blocks ``Document:``, ``Rubric:``, then ``Seed question:`` / ``Seed answer:``
-(rephrase) or ``Question:`` (augment_answer), then the instructions.
+(rephrase), ``Question:`` (augment_answer) or ``Example question:`` / ``Example answer:`` (similar_question),
+then the instructions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..configs.synth import (AUGMENT_ANSWER, AUTO, AUTO_RATIO_THRESHOLD, NEW_QUESTION, REPHRASE, SEEDED, STRATEGIES,
-                             STRATEGY_CHOICES)
+from ..configs.synth import (AUGMENT_ANSWER, AUTO, AUTO_RATIO_THRESHOLD, NEW_QUESTION, REPHRASE, SEEDED,
+                             SIMILAR_QUESTION, STRATEGIES, STRATEGY_CHOICES)
 from ..rubric import Rubric
 
 
@@ -36,6 +41,11 @@ REPHRASE_INSTRUCTIONS = (
 AUGMENT_ANSWER_INSTRUCTIONS = (
     "Write a new answer to the question, based only on the document and following every response criterion of "
     "the rubric. Reply exactly in this format:\nAnswer:\n<the answer>"
+)
+SIMILAR_QUESTION_INSTRUCTIONS = (
+    "Write one new question of the same kind as the example (the same format and the same answer style) about "
+    "another fact of the document, following every criterion of the rubric, and its answer, based only on the "
+    "document. Reply exactly in this format:\nQuestion:\n<the new question>\nAnswer:\n<the answer>"
 )
 NO_RUBRIC = "(no rubric: use your judgement)"
 NO_DOCUMENT = "(no document: rely on the question)"
@@ -63,6 +73,11 @@ def augment_answer_messages(document: str, rubric: Rubric | None, question: str)
                      f"Question:\n{question}\n\n{AUGMENT_ANSWER_INSTRUCTIONS}")
 
 
+def similar_question_messages(document: str, rubric: Rubric | None, question: str, answer: str) -> list[dict]:
+    return _messages(f"Document:\n{document}\n\nRubric:\n{rubric_block(rubric)}\n\nExample question:\n{question}\n\n"
+                     f"Example answer:\n{answer}\n\n{SIMILAR_QUESTION_INSTRUCTIONS}")
+
+
 def strategy_messages(strategy: str, document: str, rubric: Rubric | None,
                       seed_messages: list[dict] | None = None) -> list[dict]:
     """The teacher prompt for one candidate sample of ``strategy``."""
@@ -76,6 +91,8 @@ def strategy_messages(strategy: str, document: str, rubric: Rubric | None,
     answer = next((m["content"] for m in reversed(seed_messages) if m["role"] == "assistant"), "")
     if strategy == REPHRASE:
         return rephrase_messages(document, rubric, question, answer)
+    if strategy == SIMILAR_QUESTION:
+        return similar_question_messages(document, rubric, question, answer)
     return augment_answer_messages(document, rubric, question)
 
 

@@ -102,6 +102,10 @@ class TemplateTeacher:
         strategy, document, rubric = fields["strategy"], fields["document"], fields["rubric"] or Rubric()
         if strategy == "rephrase":
             text = self.rephrase(fields["question"], fields["answer"], rubric, seed=req.seed)
+        elif strategy == "similar_question":
+            if not document.strip():
+                return TeacherResult(text=None, error="empty_document")
+            text = self.similar(document, fields["question"], fields["answer"], rubric, seed=req.seed)
         elif strategy == "augment_answer":
             if not document.strip():
                 return TeacherResult(text=None, error="empty_document")
@@ -120,16 +124,32 @@ class TemplateTeacher:
         facts = extract_facts(document)
         if not facts:
             return self._generic(document, r, rng)
+        style = max(STYLE_KEYWORDS, key=lambda k: _has(r, STYLE_KEYWORDS[k]))
+        if _has(r, STYLE_KEYWORDS[style]) == 0:
+            style = "open"
+        return self._compose(facts, r, rng, style, _answer_style(r))
+
+    def similar(self, document: str, question: str, answer: str, rubric: Rubric, seed: int = 0) -> str | None:
+        """The ``similar_question`` strategy: a new question in the seed's format and answer style (read from the
+        seed question and answer) about another fact of the document, the rubric choosing which fact."""
+        facts = extract_facts(document)
+        if not facts or not question.strip():
+            return None
+        stem = question.strip().split("\n", 1)[0]
+        own, _ = _fact_for_question(facts, question, stem)
+        rng = random.Random(_stable_int(document, question, rubric.to_json(), str(seed)))
+        style, flags = _seed_style(question, answer)
+        return self._compose([f for f in facts if f != own] or facts, rubric.text(), rng, style, flags)
+
+    def _compose(self, facts, r: str, rng: random.Random, style: str, flags: tuple[bool, bool, bool, bool]) -> str:
+        """A question about one of ``facts`` (the relation the rubric text ``r`` asks for, if any) in ``style``
+        (mc, tf, cloze, open) with the answer ``flags`` (reasoning, concise, final, cite)."""
         scores = {rel: _has(r, kws) for rel, kws in RELATION_KEYWORDS.items()}
         best = max(scores.values())
         wanted = [rel for rel in RELATIONS if scores[rel] == best] if best > 0 else list(RELATIONS)
         candidates = [f for f in facts if f[0] in wanted] or facts
         rel, subj, obj, sentence = rng.choice(candidates)
-
-        style = max(STYLE_KEYWORDS, key=lambda k: _has(r, STYLE_KEYWORDS[k]))
-        if _has(r, STYLE_KEYWORDS[style]) == 0:
-            style = "open"
-        reasoning, concise, final, cite = _answer_style(r)
+        reasoning, concise, final, cite = flags
         support = _support(sentence, cite)
         question = TEACHER_QUESTIONS[rel].format(s=subj)
         letter, verdict = None, None
@@ -210,6 +230,28 @@ class TemplateTeacher:
         body = _answer_body(support, obj, letter=letter, verdict=verdict, cloze="____" in question,
                             reasoning=reasoning, concise=concise, final=final)
         return f"Answer:\n{body}"
+
+
+def _seed_style(question: str, answer: str) -> tuple[str, tuple[bool, bool, bool, bool]]:
+    """A seed sample's question style (mc, tf, cloze, open) and answer flags (reasoning, concise, final, cite), as
+    the template teacher writes them (so a seed it wrote is read back exactly)."""
+    q, a = question.strip(), answer.strip()
+    if "\nOptions:\n" in q:
+        style = "mc"
+    elif q.startswith(("True or false: ", "Is the following statement true or false? ")):
+        style = "tf"
+    elif "____" in q:
+        style = "cloze"
+    else:
+        style = "open"
+    reasoning = a.startswith("Let's think step by step.") or " So the statement is " in a or " The blank is " in a
+    final = "The answer is (" in a or "Final answer: " in a
+    cite = "According to the document" in a
+    if style == "mc":
+        concise = not reasoning and re.fullmatch(r"\([A-D]\)", a) is not None
+    else:  # open: the bare object (a sentence ends with a full stop), before any "Final answer: ..."
+        concise = not reasoning and style == "open" and not a.split(" Final answer: ")[0].endswith(".")
+    return style, (reasoning, concise, final, cite)
 
 
 def _answer_body(support: str, obj: str, *, letter: str | None, verdict: bool | None, cloze: bool,
@@ -303,7 +345,7 @@ def _best_sentence(document: str, question: str) -> str | None:
 
 
 # ---------------------------------------------------------------------- prompts read back from messages
-_LABELS = ("Document", "Rubric", "Seed question", "Seed answer", "Question")
+_LABELS = ("Document", "Rubric", "Seed question", "Seed answer", "Example question", "Example answer", "Question")
 # A label opens a block only at the start of the prompt or after a blank line (the instructions' own
 # "Question:" / "Answer:" format lines do not).
 _LABEL_RE = re.compile(r"(?:\A|\n\n)(" + "|".join(_LABELS) + r"):\n")
@@ -348,7 +390,9 @@ def _request_fields(req: TeacherRequest) -> dict:
         return fields
     user = next((m.get("content", "") for m in reversed(req.messages or []) if m.get("role") == "user"), "")
     sections = _prompt_sections(user) if isinstance(user, str) else {}
-    if "Seed question" in sections:
+    if "Example question" in sections:
+        strategy = "similar_question"
+    elif "Seed question" in sections:
         strategy = "rephrase"
     elif "Question" in sections:
         strategy = "augment_answer"
@@ -359,5 +403,6 @@ def _request_fields(req: TeacherRequest) -> dict:
         document = ""
     return {"strategy": fields["strategy"] or strategy, "document": req.document or document,
             "rubric": req.rubric if req.rubric is not None else _rubric_from_render(sections.get("Rubric", "")),
-            "question": fields["question"] or sections.get("Seed question") or sections.get("Question", ""),
-            "answer": fields["answer"] or sections.get("Seed answer", "")}
+            "question": (fields["question"] or sections.get("Seed question") or sections.get("Example question")
+                         or sections.get("Question", "")),
+            "answer": fields["answer"] or sections.get("Seed answer") or sections.get("Example answer", "")}
