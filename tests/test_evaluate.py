@@ -185,7 +185,7 @@ def test_parse_sources_and_cli_merging(tmp_path, rubric_files):
         EvalArguments(sources=["a=none"])
     with pytest.raises(ValueError, match="neither"):
         resolve_source("x", str(tmp_path / "missing.json"))
-    with pytest.raises(ValueError, match="not an exported rubric generator"):
+    with pytest.raises(ValueError, match="neither an exported rubric generator .no config.json. nor a closed-loop"):
         resolve_source("x", str(tmp_path))
     assert resolve_source("m", str(rubric_files / "match.json")).kind == "file"
 

@@ -171,7 +171,7 @@ def test_evaluate_checks_test_file_and_sources(tmp_path, capsys):
                   "--output", str(tmp_path / "r")], capsys)
     assert f"eval_test_data: {test}:1: no assistant turn" in line
     line = fails(["evaluate", "--config", ev, "--sources", f"a={tmp_path}", "--output", str(tmp_path / "r")], capsys)
-    assert "not an exported rubric generator" in line
+    assert "neither an exported rubric generator (no config.json) nor a closed-loop rule folder" in line
 
 
 def test_train_checks_its_evaluate_config_before_training(tmp_path, capsys):
