@@ -164,6 +164,35 @@ def test_a_killed_run_resumes_without_repeating_a_round(tmp_path, quickstart_dir
     assert all(len(s["picked"]) == 4 and s["scores"] for s in sel)
 
 
+class KeywordGenerator:
+    """A stand-in rubric generator: one rubric per document, asking about side effects; counts its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, texts, seed=0, batch_size=16):
+        from rubric_rl.rubric import Rubric
+
+        self.calls.append((len(texts), seed))
+        return [Rubric(prompt_related=["Ask about the side effect of the drug."]) for _ in texts]
+
+
+def test_a_rubric_generator_writes_each_rounds_rubrics(tmp_path, quickstart_dir):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    loop, ev, tc, ic = _configs(quickstart_dir, loop_rules=["random"], loop_budget=6, loop_rounds=2,
+                                loop_rubric_source=str(export), loop_strategy="new_question")
+    gen = KeywordGenerator()
+    closed_loop(loop, ev, tc, ic, tmp_path / "run", teacher=_teacher(quickstart_dir), generator=gen)
+    assert gen.calls == [(48, 0), (48, 1)]  # every document, once per round (epoch = round), seed s * 10_007 + t
+    data = [json.loads(x) for x in (tmp_path / "run" / "random" / "seed0" / "dataset.jsonl").read_text().splitlines()]
+    assert len(data) == 6 and all(d["rubric"]["prompt_related"] == ["Ask about the side effect of the drug."]
+                                  for d in data)
+    assert all("adverse effect" in d["messages"][0]["content"] for d in data)  # the rubric was followed
+    assert len((tmp_path / "run" / "random" / "seed0" / "rubrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_run_folder_with_other_settings_is_refused(tmp_path, quickstart_dir):
     loop, ev, tc, ic = _configs(quickstart_dir, loop_rules=["static"], loop_budget=6, loop_rounds=2)
     closed_loop(loop, ev, tc, ic, tmp_path / "run", teacher=_teacher(quickstart_dir))

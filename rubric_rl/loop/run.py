@@ -330,8 +330,10 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
 
 
 def closed_loop(loop_cfg: ClosedLoopConfig, eval_cfg: EvalConfig, teacher_cfg, influence_cfg, output, *,
-                teacher=None, argv: list[str] | None = None) -> dict:
-    """Run (or resume) every rule x seed loop into ``output``; writes and returns the report."""
+                teacher=None, generator=None, argv: list[str] | None = None) -> dict:
+    """Run (or resume) every rule x seed loop into ``output``; writes and returns the report. ``teacher`` replaces
+    the one ``teacher_cfg`` names; ``generator`` (an object with ``generate(texts, seed=, batch_size=)``) the rubric
+    generator a folder ``loop_rubric_source`` names."""
     from tqdm.auto import tqdm
 
     from ..progress import phase
@@ -345,6 +347,7 @@ def closed_loop(loop_cfg: ClosedLoopConfig, eval_cfg: EvalConfig, teacher_cfg, i
     if eval_cfg.eval_torch_num_threads:
         torch.set_num_threads(eval_cfg.eval_torch_num_threads)
     world = _World(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, teacher)
+    world.generator = generator
     phase("closed loop", f"rules {', '.join(loop_cfg.loop_rules)} x seeds {eval_cfg.eval_seeds}, budget "
           f"{loop_cfg.loop_budget} {loop_cfg.loop_budget_unit} in {loop_cfg.loop_rounds} rounds, run folder {out}")
     baseline = world.baseline()
