@@ -60,3 +60,15 @@ def test_load_chat_samples_names_file_and_line(tmp_path):
         load_chat_samples(path)
     with pytest.raises(DataFileError, match="file not found"):
         load_chat_samples(tmp_path / "missing.jsonl")
+
+
+def test_tiny_tokenizer_corpus_is_named_files_not_the_folder(quickstart_dir):
+    """A file added to data/quickstart (seeds_mc.jsonl was) must not change the tiny tokenizer and every number
+    made with it: the corpus is a fixed list of the world's files."""
+    from rubric_rl.models import default_tiny_corpus
+
+    corpus = default_tiny_corpus()
+    assert [p.name for p in corpus] == ["documents.jsonl", "test.jsonl", "validation.jsonl", "warmup.jsonl",
+                                        "seed_rubrics.json"]
+    assert all(p.exists() for p in corpus)
+    assert (quickstart_dir / "seeds_mc.jsonl").exists() and quickstart_dir / "seeds_mc.jsonl" not in corpus
