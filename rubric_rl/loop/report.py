@@ -97,7 +97,7 @@ def format_markdown(report: dict) -> str:
 
 def write_plot(report: dict, out_dir: Path) -> str:
     """budget_curve.png: the held-out primary metric vs budget spent, one line per rule (mean over seeds, a band
-    of one std), the untrained target at 0."""
+    of one std) from the untrained target at 0; a one-round rule (static) is its end point with a std bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +110,10 @@ def write_plot(report: dict, out_dir: Path) -> str:
         xs = [0] + [c["spent"] for c in r["mean_curve"]]
         means = [base] + [c[p]["mean"] for c in r["mean_curve"]]
         stds = [0.0] + [c[p]["std"] or 0.0 for c in r["mean_curve"]]
-        style = "--" if rule in (STATIC, RANDOM) else "-"
+        if len(xs) == 2:  # one round (static): its end point only, no line from the untrained target
+            ax.errorbar(xs[1:], means[1:], yerr=stds[1:], fmt="s", capsize=4, markersize=7, label=f"{rule} (1 round)")
+            continue
+        style = "--" if rule == RANDOM else "-"
         (line,) = ax.plot(xs, means, style, marker="o", label=rule)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=line.get_color(), alpha=0.15)
