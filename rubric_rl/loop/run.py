@@ -300,6 +300,9 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
             stopped, cursor = run_items(planner, world.synthesizer, sink, num_samples=share, budget=share,
                                         max_idle=max(100, len(seeds)))
         world.generator = stream.generator  # loaded once, for every later loop
+        if cfg.loop_budget_unit == "samples" and sink.accepted < share:
+            logger.warning("%s seed %d round %d: %d of %d samples accepted after %d items (%s); rejections: %s",
+                           rule, seed, t, sink.accepted, share, cursor.next_item, stopped, dict(sink.reasons))
         samples = [{**s, "round": t} for s in sink.samples]
         write_jsonl(rdir / "samples.jsonl", samples)
         data += samples
