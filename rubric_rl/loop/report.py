@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..configs.closed_loop import RANDOM, REPORT_FORMAT, STATIC
 from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS
-from ..evaluate.report import _fmt
+from ..evaluate.report import _fmt, _pm
 from ..evaluate.stats import _stats
 
 METRICS = PRIMARY_METRICS + ("validation_loss",)
@@ -51,10 +51,6 @@ def build_report(loop_cfg, eval_cfg, runs: list[dict], baseline: dict, *, target
             "baseline": {k: baseline.get(k) for k in METRICS}, "rules": rules, "paired": paired}
 
 
-def _pm(st: dict) -> str:
-    return "n/a" if st["mean"] is None else f"{st['mean']:.4f} ± {st['std']:.4f}"
-
-
 def format_table(report: dict) -> str:
     p = report["primary_metric"]
     seeds = report["seeds"]
@@ -63,8 +59,8 @@ def format_table(report: dict) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rule, r in report["rules"].items():
         per = " | ".join(_fmt(r["seeds"].get(str(s), {}).get("final", {}).get(p)) for s in seeds)
-        lines.append(f"| {rule} | {r['rounds']} | {_pm(r['final'][p])} | {per} | {_pm(r['final']['acc'])} | "
-                     f"{_pm(r['final']['validation_loss'])} | {_fmt(r['accepted']['mean'])} | "
+        lines.append(f"| {rule} | {r['rounds']} | {_pm(r['final'][p], 4)} | {per} | {_pm(r['final']['acc'], 4)} | "
+                     f"{_pm(r['final']['validation_loss'], 4)} | {_fmt(r['accepted']['mean'])} | "
                      f"{_fmt(r['queries']['mean'])} |")
     lines.append(f"| (untrained target) | | {_fmt(report['baseline'].get(p))} | " + " | ".join("" for _ in seeds)
                  + f" | {_fmt(report['baseline'].get('acc'))} | {_fmt(report['baseline'].get('validation_loss'))} "

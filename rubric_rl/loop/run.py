@@ -39,16 +39,19 @@ from ..configs.closed_loop import RULE_MARKER, STATIC, ClosedLoopConfig
 from ..configs.evaluate import EvalConfig
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_jsonl
+from ..rundir import FREE_FIELDS
 
 __all__ = ["closed_loop", "RULE_MARKER", "ARGS_FILE", "SeedPlanner"]
 
 logger = logging.getLogger("rubric_rl.loop")
 
 ARGS_FILE = "closed_loop_args.json"
-# settings that change nothing a finished round computed: a resumed run may change them
+# settings that change nothing a finished round computed: a resumed run may change them (the teacher's endpoint and
+# retries and the influence performance knobs are train's, rundir.FREE_FIELDS)
 _FREE = {"loop_rules", "loop_overwrite", "loop_progress", "loop_save_students", "eval_seeds", "eval_progress",
          "eval_torch_num_threads", "eval_device", "eval_save_datasets", "eval_influence", "eval_influence_run_dir",
-         "eval_score_batch_size", "eval_generator_batch_size"}
+         "eval_score_batch_size", "eval_generator_batch_size"} | {
+    f for f in FREE_FIELDS if f.startswith(("teacher_", "influence_"))}
 
 
 class SeedPlanner:
