@@ -242,7 +242,7 @@ def test_cli_writes_one_report_entry_per_rule(tmp_path, quickstart_dir, monkeypa
           "--loop_budget", "8", "--loop_rounds", "2", "--loop_num_seeds", "16", "--eval_seeds", "0",
           "--eval_epochs", "1", "--loop_progress", "false"])
     report = json.loads((out / "report.json").read_text())
-    assert list(report["rules"]) == ["loss_own", "loss_reference", "random", "influence", "static"]
+    assert list(report["rules"]) == ["loss_own", "loss_reference", "random", "influence", "badge", "static"]
     assert (out / "budget_curve.png").stat().st_size > 0 and "| static | 1 |" in (out / "report.md").read_text()
     assert "loss_own vs static" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
@@ -250,3 +250,39 @@ def test_cli_writes_one_report_entry_per_rule(tmp_path, quickstart_dir, monkeypa
               "--loop_rules", "loss_own", "badge"])
     assert exc.value.code == 2
     assert "loop_rules" in capsys.readouterr().err
+
+
+def test_badge_kernel_is_the_inner_product_of_the_gradient_embeddings(quickstart_dir, tiny_tokenizer):
+    """The kernel equals <g_i, g_j> of the explicit last-layer embeddings g = 1/n sum_t (p_t - e_y) h_t^T, and
+    k-means++ over it picks one of each group of identical seeds before any second copy."""
+    import random
+
+    from rubric_rl.loop.selection import badge_kernel, kmeans_pp_order
+    from rubric_rl.models import load_causal_lm
+
+    model = load_causal_lm(TARGET, tiny_tokenizer, dtype="float32").double()
+    seeds = _seeds(quickstart_dir, 3)
+    side = tiny_tokenizer.padding_side
+    tiny_tokenizer.padding_side = "right"
+    try:
+        _, _, prompts, ids = own_answers(model, tiny_tokenizer, seeds, max_new_tokens=5, return_ids=True)
+    finally:
+        tiny_tokenizer.padding_side = side
+    kernel = badge_kernel(model, tiny_tokenizer, prompts, ids, batch_size=2)
+    embeddings = []
+    for p, a in zip(prompts, ids):
+        seq = torch.tensor([p + a])
+        out = model(seq, output_hidden_states=True)
+        h = out.hidden_states[-1][0, len(p) - 1:len(p) - 1 + len(a)]
+        probs = torch.softmax(out.logits[0, len(p) - 1:len(p) - 1 + len(a)], -1)
+        probs[torch.arange(len(a)), torch.tensor(a)] -= 1
+        embeddings.append((probs.T @ h / len(a)).flatten())
+    g = torch.stack(embeddings)
+    assert torch.allclose(kernel, g @ g.T, rtol=1e-8, atol=1e-12)
+
+    groups = [0, 0, 0, 1, 1, 2]  # three copies of seed A, two of B, one C
+    dup = kernel[groups][:, groups]
+    order = kmeans_pp_order(dup, random.Random(0))
+    assert sorted(order) == list(range(6))
+    assert sorted(groups[i] for i in order[:3]) == [0, 1, 2]  # every distinct seed before any copy
+    assert order[0] == max(range(6), key=lambda i: float(dup[i, i]))  # the largest norm first

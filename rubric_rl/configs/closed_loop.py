@@ -13,7 +13,8 @@ LOSS_REFERENCE = "loss_reference"
 RANDOM = "random"
 INFLUENCE = "influence"
 STATIC = "static"
-RULES = (LOSS_OWN, LOSS_REFERENCE, RANDOM, INFLUENCE, STATIC)
+BADGE = "badge"
+RULES = (LOSS_OWN, LOSS_REFERENCE, RANDOM, INFLUENCE, BADGE, STATIC)
 BUDGET_UNITS = ("samples", "queries")
 REPORT_FORMAT = 1
 RULE_MARKER = "closed_loop_rule.json"  # in OUT/<rule>/: the folder is a source of `rubric-rl evaluate`
@@ -40,7 +41,8 @@ class ClosedLoopConfig:
                           "loss on its own (greedy) answer, highest first (the paper's winner); loss_reference: its "
                           "loss on the seed's reference answer; random; influence: gradient alignment of the seed "
                           "with the validation set on the current student (influence_validation_data, "
-                          "influence_estimator); static: no loop, the whole budget in one round spread evenly over "
+                          "influence_estimator); badge: BADGE's k-means++ over last-layer gradient embeddings of the "
+                          "student's own answers (uncertain and diverse); static: no loop, the whole budget in one round spread evenly over "
                           "the seeds (the baseline)."},
     )
     loop_budget: int = field(default=96, metadata={"help": "Total budget of each loop, in loop_budget_unit."})

@@ -116,7 +116,7 @@ def _open_run(out: Path, fingerprint: dict, overwrite: bool) -> None:
             shutil.rmtree(out)
         else:
             saved = json.loads(args.read_text())
-            diff = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            diff = sorted(k for k in (set(saved) | set(fingerprint)) - _FREE if saved.get(k) != fingerprint.get(k))
             if diff:
                 listed = ", ".join(f"{k} ({saved.get(k)!r} -> {fingerprint.get(k)!r})" for k in diff)
                 raise UserError(f"{out} holds a closed loop run with other settings: {listed}; rerun with the "

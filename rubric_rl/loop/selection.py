@@ -11,6 +11,13 @@ After Kessler et al., "Towards Active Synthetic Data Generation for Finetuning L
   plain gradients (it has no optimizer state to precondition with): ``dot``: ``<g(seed), mean_v g(v)>``, ``less``:
   its cosine; ``g`` over the student's ``nn.Linear`` weights (LoRA factors for a LoRA student), projected when
   ``influence_proj_dim`` is set. Larger = a step on the seed lowers the validation loss more;
+* ``badge`` (Ash et al., 2020, arXiv:1906.03671; an LLM-agnostic baseline of the paper): the gradient embedding of
+  a seed is the last layer's gradient of the loss on the student's own greedy answer,
+  ``g = 1/n sum_t (softmax(z_t) - e_{y_t}) h_t^T`` (``h_t`` the output layer's input, ``y_t`` the generated token);
+  k-means++ seeding over those embeddings (the largest norm first, then each next seed drawn with probability
+  proportional to its squared distance to the nearest one picked) orders the seeds, and the score is the reverse
+  of that order. The embeddings are never built: their inner products are ``1/(n_i n_j) sum_{t,s} (a_t . a_s)
+  (h_t . h_s)``, from the answer tokens' ``[M, V]`` and ``[M, d]`` matrices;
 * ``static`` has no scores: the whole budget in one round, spread evenly over the seeds.
 
 Every score is "larger = pick first"; a seed whose score is not finite is picked last.
@@ -23,9 +30,9 @@ import random
 
 import torch
 
-from ..configs.closed_loop import INFLUENCE, LOSS_OWN, LOSS_REFERENCE, RANDOM, STATIC
+from ..configs.closed_loop import BADGE, INFLUENCE, LOSS_OWN, LOSS_REFERENCE, RANDOM, STATIC
 
-__all__ = ["seed_scores", "select", "own_answers"]
+__all__ = ["seed_scores", "select", "own_answers", "badge_kernel", "kmeans_pp_order"]
 
 
 def _prompt(messages: list[dict]) -> list[dict]:
@@ -35,16 +42,19 @@ def _prompt(messages: list[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def own_answers(model, tokenizer, seeds: list[dict], *, max_new_tokens: int, batch_size: int = 16
-                ) -> tuple[list[str], list[float]]:
+def own_answers(model, tokenizer, seeds: list[dict], *, max_new_tokens: int, batch_size: int = 16,
+                return_ids: bool = False) -> tuple:
     """The student's greedy answer to each seed question and its mean token NLL on it (the end-of-turn token
-    included). The NLL is read from the logits of the generation itself, so no re-tokenisation shifts it."""
+    included). The NLL is read from the logits of the generation itself, so no re-tokenisation shifts it. With
+    ``return_ids`` also each prompt's and answer's token ids."""
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     texts = [tokenizer.apply_chat_template(_prompt(s["messages"]), tokenize=False, add_generation_prompt=True)
              for s in seeds]
     answers, losses = [""] * len(seeds), [math.nan] * len(seeds)
+    prompt_ids: list[list[int]] = [[] for _ in seeds]
+    answer_ids: list[list[int]] = [[] for _ in seeds]
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -64,10 +74,80 @@ def own_answers(model, tokenizer, seeds: list[dict], *, max_new_tokens: int, bat
                 i = start + row
                 answers[i] = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
                 losses[i] = float(nll[row, :n].mean())  # an empty answer: the NLL of its end-of-turn token
+                prompt_ids[i] = enc["input_ids"][row][enc["attention_mask"][row].bool()].tolist()
+                answer_ids[i] = ids[:n]
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return answers, losses
+    return (answers, losses, prompt_ids, answer_ids) if return_ids else (answers, losses)
+
+
+@torch.no_grad()
+def badge_kernel(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]], *,
+                 batch_size: int = 16) -> torch.Tensor:
+    """``[N, N]`` inner products of the seeds' BADGE gradient embeddings (module docstring), float64."""
+    from ..mcscore import _pad_batch
+
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    captured: dict = {}
+    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.__setitem__("h", inputs[0]))
+    a_rows, h_rows, owner = [], [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(prompt_ids), batch_size):
+            idx = [i for i in range(start, min(start + batch_size, len(prompt_ids))) if answer_ids[i]]
+            if not idx:
+                continue
+            ids, mask = _pad_batch([prompt_ids[i] + answer_ids[i] for i in idx], tokenizer.pad_token_id or 0, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for row, i in enumerate(idx):
+                p0, n = len(prompt_ids[i]), len(answer_ids[i])
+                a = torch.softmax(logits[row, p0 - 1:p0 - 1 + n].double(), dim=-1)  # position t predicts token t+1
+                a[torch.arange(n), torch.tensor(answer_ids[i], device=a.device)] -= 1.0
+                a_rows.append(a)
+                h_rows.append(captured["h"][row, p0 - 1:p0 - 1 + n].double())
+                owner += [i] * n
+    finally:
+        hook.remove()
+        model.train(was_training)
+    kernel = torch.zeros(len(prompt_ids), len(prompt_ids), dtype=torch.float64)
+    if not a_rows:
+        return kernel
+    a, h = torch.cat(a_rows), torch.cat(h_rows)  # [M, V], [M, d]
+    gram = ((a @ a.T) * (h @ h.T)).cpu()  # [M, M]: <a_t, a_s> <h_t, h_s>
+    own = torch.tensor(owner)
+    weights = torch.zeros(len(prompt_ids), len(owner), dtype=torch.float64)
+    weights[own, torch.arange(len(owner))] = 1.0 / torch.bincount(own, minlength=len(prompt_ids)).double()[own]
+    return weights @ gram @ weights.T
+
+
+def kmeans_pp_order(kernel: torch.Tensor, rng: random.Random) -> list[int]:
+    """Every index in k-means++ seeding order over points given by their inner products: the largest norm first,
+    then each next one drawn with probability proportional to its squared distance to the nearest one picked (in
+    index order once every distance is zero)."""
+    n = kernel.shape[0]
+    diag = kernel.diag()
+    order = [int(torch.argmax(diag))]
+    d2 = (diag + diag[order[0]] - 2 * kernel[:, order[0]]).clamp_min(0)
+    while len(order) < n:
+        d2[order] = 0.0
+        total = float(d2.sum())
+        if total <= 1e-12 * max(float(diag.max()), 1e-300):
+            order += [i for i in range(n) if i not in set(order)]
+            break
+        r, acc, pick = rng.random() * total, 0.0, None
+        for i in range(n):
+            acc += float(d2[i])
+            if d2[i] > 0 and acc >= r:
+                pick = i
+                break
+        if pick is None:  # rounding at the end of the cumulative sum
+            pick = int(torch.argmax(d2))
+        order.append(pick)
+        d2 = torch.minimum(d2, (diag + diag[pick] - 2 * kernel[:, pick]).clamp_min(0))
+    return order
 
 
 def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], influence_cfg, max_length: int
@@ -138,6 +218,15 @@ def seed_scores(rule: str, model, tokenizer, seeds: list[dict], *, seed: int, ro
         from ..mcscore import answer_loss
 
         return answer_loss(model, tokenizer, seeds, batch_size=batch_size, max_length=max_length)["per_item"], {}
+    if rule == BADGE:
+        answers, _, prompts, ids = own_answers(model, tokenizer, seeds, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, return_ids=True)
+        order = kmeans_pp_order(badge_kernel(model, tokenizer, prompts, ids, batch_size=batch_size),
+                                random.Random(f"loop:badge:{seed}:{round_index}"))
+        scores = [0.0] * len(seeds)
+        for pos, i in enumerate(order):
+            scores[i] = float(len(seeds) - pos)
+        return scores, {"answers": answers}
     if rule == INFLUENCE:
         if not validation:
             raise ValueError("the influence rule needs influence_validation_data (the validation chat jsonl)")
