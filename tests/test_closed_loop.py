@@ -247,7 +247,7 @@ def test_cli_writes_one_report_entry_per_rule(tmp_path, quickstart_dir, monkeypa
     assert "loss_own vs static" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main(["closed-loop", "--config", "configs/closed_loop_quickstart.yaml", "--output", str(out),
-              "--loop_rules", "loss_own", "badge"])
+              "--loop_rules", "loss_own", "llm_judge"])
     assert exc.value.code == 2
     assert "loop_rules" in capsys.readouterr().err
 
