@@ -286,3 +286,37 @@ def test_badge_kernel_is_the_inner_product_of_the_gradient_embeddings(quickstart
     assert sorted(order) == list(range(6))
     assert sorted(groups[i] for i in order[:3]) == [0, 1, 2]  # every distinct seed before any copy
     assert order[0] == max(range(6), key=lambda i: float(dup[i, i]))  # the largest norm first
+
+
+def test_influence_rule_is_the_gradient_dot_product_with_the_validation_mean(quickstart_dir, tiny_tokenizer):
+    """dot: <g(seed), mean_v g(v)> over the student's nn.Linear weights (autograd, one sample at a time); less: its
+    cosine. The embedding (tied to the output layer) is not among them."""
+    from rubric_rl.data.chat import IGNORE_INDEX, tokenize_chat
+    from rubric_rl.models import load_causal_lm
+
+    model = load_causal_lm(TARGET, tiny_tokenizer, dtype="float32").double()
+    seeds = _seeds(quickstart_dir, 4)
+    val = [json.loads(x) for x in (quickstart_dir / "validation.jsonl").read_text().splitlines()][:3]
+    linear = [p for n, p in model.named_parameters()
+              if isinstance(dict(model.named_modules())[n.rpartition(".")[0]], torch.nn.Linear)]
+
+    def grad(row):
+        chat = tokenize_chat(tiny_tokenizer, row["messages"], 256)
+        ids, labels = torch.tensor([chat.input_ids]), torch.tensor([chat.labels])
+        logits = model(ids).logits[0, :-1]
+        keep = labels[0, 1:] != IGNORE_INDEX
+        loss = torch.nn.functional.cross_entropy(logits[keep], labels[0, 1:][keep])
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, linear)])
+
+    target = torch.stack([grad(v) for v in val]).mean(0)
+    expected = torch.stack([grad(s) for s in seeds]) @ target
+    for estimator, want in (("dot", expected), ("less", None)):
+        cfg = InfluenceConfig(target_model_name_or_path=TARGET, influence_estimator=estimator, influence_proj_dim=0,
+                              influence_batch_size=3, influence_dtype="float64")
+        got, _ = seed_scores("influence", model, tiny_tokenizer, seeds, seed=0, round_index=0, max_new_tokens=4,
+                             max_length=256, validation=val, influence_cfg=cfg)
+        if want is None:
+            norms = torch.stack([grad(s) for s in seeds]).norm(dim=1) * target.norm()
+            want = expected / norms
+        assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, rtol=1e-9), (estimator, got, want)
+    assert all(p.requires_grad for p in model.parameters())  # restored

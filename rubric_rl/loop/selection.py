@@ -157,6 +157,7 @@ def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], infl
     from ..influence.projection import RademacherProjector
 
     device = next(model.parameters()).device
+    dtype = {"float32": torch.float32, "float64": torch.float64}[influence_cfg.influence_dtype]
     linear = {name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():  # gradients of the nn.Linear weights the student trains
@@ -167,8 +168,8 @@ def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], infl
         projector = None
         if influence_cfg.influence_proj_dim:
             projector = RademacherProjector(num, influence_cfg.influence_proj_dim, influence_cfg.influence_proj_seed,
-                                            influence_cfg.influence_proj_memory_mb, device, torch.float32)
-        engine = PerSampleGradients(model, pad_token_id=tokenizer.pad_token_id or 0, device=device,
+                                            influence_cfg.influence_proj_memory_mb, device, dtype)
+        engine = PerSampleGradients(model, pad_token_id=tokenizer.pad_token_id or 0, device=device, dtype=dtype,
                                     projector=projector)
         direction = Direction("sgd")
         bs = influence_cfg.influence_batch_size
@@ -176,7 +177,7 @@ def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], infl
         def feats(rows):
             chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in rows]
             keep = [i for i, c in enumerate(chats) if c.num_loss_tokens > 0]
-            out = torch.zeros(len(rows), engine.dim)
+            out = torch.zeros(len(rows), engine.dim, dtype=dtype)
             ok = torch.zeros(len(rows), dtype=torch.bool)
             for s in range(0, len(keep), bs):
                 idx = keep[s:s + bs]
