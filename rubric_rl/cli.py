@@ -215,7 +215,7 @@ def cmd_closed_loop(argv):
     from .loop.report import format_paired, format_table
     from .preflight import check_closed_loop
 
-    check_closed_loop(la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg)
+    check_closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg)
     report = closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, la.output, argv=argv)
     print(format_table(report))
     print("\n" + format_paired(report))

@@ -150,7 +150,7 @@ def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
     check_teacher(teacher_cfg)
 
 
-def check_closed_loop(la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> None:
+def check_closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> None:
     from .configs.closed_loop import INFLUENCE
     from .synth.pipeline import RubricSource
 

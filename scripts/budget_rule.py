@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     from rubric_rl.configs.influence import InfluenceConfig
     from rubric_rl.configs.teacher import TeacherConfig
     from rubric_rl.data.documents import load_chat_samples, load_documents
-    from rubric_rl.evaluate.finetuning import finetune, load_target
+    from rubric_rl.evaluate.finetuning import finetune_fresh
     from rubric_rl.evaluate.heldout import heldout_metrics
     from rubric_rl.models import load_tokenizer
     from rubric_rl.provenance import provenance
@@ -111,10 +111,7 @@ def main(argv=None) -> dict:
                     samples, syn = synthesize(strategy, docs, seed_set, a.rubrics, teacher, eval_items, seed, budget,
                                               teacher_cfg.teacher_max_document_chars)
                     train = [{"messages": s["messages"]} for s in seed_set] + samples
-                    model = load_target(cfg, target, tokenizer, device, seed=seed)
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(seed)
-                        ft = finetune(model, tokenizer, train, cfg, seed=seed)
+                    model, ft = finetune_fresh(cfg, target, tokenizer, device, train, seed=seed)
                     v, te = heldout_metrics(model, tokenizer, val, cfg), heldout_metrics(model, tokenizer, test, cfg)
                     runs.append({"seed_size": size, "seed": seed, "ratio": ratio, "budget": budget,
                                  "strategy": strategy, "synthesis": syn, "train_samples": len(train),

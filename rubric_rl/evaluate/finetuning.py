@@ -34,6 +34,17 @@ def load_target(cfg: EvalConfig, target: str, tokenizer, device, seed: int, trus
     return model.to(device)
 
 
+def finetune_fresh(cfg: EvalConfig, target: str, tokenizer, device, samples: list[dict], *, seed: int,
+                   trust_remote_code: bool = False):
+    """``(model, stats)``: a fresh target (:func:`load_target`) fine-tuned on ``samples`` with torch's global RNG
+    seeded by ``seed`` inside a fork (nothing leaks to what runs next): the evaluation's protocol, which the closed
+    loop shares, so a dataset gives the same student in both."""
+    model = load_target(cfg, target, tokenizer, device, seed=seed, trust_remote_code=trust_remote_code)
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        return model, finetune(model, tokenizer, samples, cfg, seed=seed, progress=False)
+
+
 def finetune(model, tokenizer, samples: list[dict], cfg: EvalConfig, *, seed: int, progress: bool = False) -> dict:
     """Plain AdamW fine-tuning on the assistant tokens of ``samples`` (token-mean loss per batch)."""
     from transformers import get_scheduler

@@ -13,7 +13,7 @@ import torch
 
 from ..configs.evaluate import PRIMARY_METRICS, EvalConfig
 from ..jsonl import write_jsonl
-from .finetuning import _device, finetune, load_target
+from .finetuning import _device, finetune_fresh, load_target
 from .heldout import heldout_metrics
 from .plots import write_plots
 from .report import _fmt, _jsonable, build_report, format_markdown
@@ -151,10 +151,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
                 timing["influence_s"] += time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            model = load_target(cfg, target, tokenizer, device, seed=seed, trust_remote_code=trust)
-            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-                torch.manual_seed(seed)
-                ft = finetune(model, tokenizer, samples, cfg, seed=seed, progress=False)
+            model, ft = finetune_fresh(cfg, target, tokenizer, device, samples, seed=seed, trust_remote_code=trust)
             timing["finetune_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             held = heldout_metrics(model, tokenizer, test_items, cfg) if samples else dict(baseline)

@@ -37,9 +37,11 @@ import torch
 
 from ..configs.closed_loop import RULE_MARKER, STATIC, ClosedLoopConfig
 from ..configs.evaluate import EvalConfig
+from ..configs.synth import NEEDS_DOCUMENT
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_jsonl
 from ..rundir import FREE_FIELDS
+from ..synth.pipeline import ItemPlanner, MemorySink, RubricSource, RubricStream, document_order, run_items
 
 __all__ = ["closed_loop", "RULE_MARKER", "ARGS_FILE", "SeedPlanner"]
 
@@ -54,46 +56,32 @@ _FREE = {"loop_rules", "loop_overwrite", "loop_progress", "loop_save_students", 
     f for f in FREE_FIELDS if f.startswith(("teacher_", "influence_"))}
 
 
-class SeedPlanner:
-    """Item ``k`` of round ``t`` -> a :class:`~rubric_rl.synth.engine.SynthItem` for the ``k``-th picked seed
-    (``order`` cycles; ``None`` = static: every seed once per epoch, in the pipeline's document order).
-    ``offset`` is the number of items the earlier rounds planned: a rubric file's rubrics cycle over the whole
-    loop, not from its first rubric again each round."""
+class SeedPlanner(ItemPlanner):
+    """The pipeline's planner with the loop's item order: item ``k`` of round ``t`` is the ``k``-th picked seed
+    (``order`` cycles; ``None`` = static: every seed once per epoch, in the pipeline's document order), its
+    document and rubric, and the teacher seed ``s * 1_000_003 + t * 100_003 + k``. ``offset`` is the number of items
+    the earlier rounds planned: a rubric file's rubrics cycle over the whole loop, not from its first rubric
+    again each round; a generator's rubrics are those of epoch ``t``."""
 
     def __init__(self, seeds: list[dict], order: list[int] | None, documents: list[dict], rubrics, *, seed: int,
                  round_index: int, strategy: str, offset: int = 0):
-        self.seeds, self.order, self.documents, self.rubrics = seeds, order, documents, rubrics
-        self.seed, self.round, self.strategy, self.offset = seed, round_index, strategy, offset
-        self.doc_by_id = {d["id"]: i for i, d in enumerate(documents)}
+        super().__init__(documents, rubrics, seed=seed, strategy=strategy, seed_samples=seeds)
+        self.order, self.round, self.offset = order, round_index, offset
 
     def seed_of(self, k: int) -> int:
         if self.order is not None:
             return self.order[k % len(self.order)]
-        from ..synth.pipeline import document_order
-
-        epoch, pos = divmod(k, len(self.seeds))
-        return document_order(self.seed, epoch, len(self.seeds))[pos]
+        epoch, pos = divmod(k, len(self.seed_samples))
+        return document_order(self.seed, epoch, len(self.seed_samples))[pos]
 
     def plan(self, k: int):
-        from ..configs.synth import NEEDS_DOCUMENT, NEW_QUESTION
-        from ..synth.engine import SynthItem
-
         i = self.seed_of(k)
-        sample = self.seeds[i]
-        doc_index = self.doc_by_id.get(str(sample.get("doc_id")))
+        doc_index = self.seed_document(i)
         if self.strategy in NEEDS_DOCUMENT and doc_index is None:
             return None, "seed_without_document"
-        # a generator writes one rubric per document each round; a file source cycles its rubrics over the items
-        rubric, label, usable = self.rubrics.get(self.offset + k, doc_index, self.round)
-        if not usable:
-            return None, "rubric_unparseable"
-        doc = self.documents[doc_index] if doc_index is not None else {"id": "", "text": ""}
-        teacher_seed = self.seed * 1_000_003 + self.round * 100_003 + k
-        meta = {"item": f"{self.round}:{k}", "seed_sample": i, "rubric_source": label, "seed": teacher_seed,
-                "rubric": rubric.to_dict() if rubric else None}
-        return SynthItem(document=doc["text"], rubric=rubric, doc_id=doc["id"], seed=teacher_seed,
-                         strategy=self.strategy, seed_messages=None if self.strategy == NEW_QUESTION
-                         else sample["messages"], meta=meta), None
+        return self.item(k, epoch=self.round, doc_index=doc_index, seed_index=i,
+                         teacher_seed=self.seed * 1_000_003 + self.round * 100_003 + k, rubric_item=self.offset + k,
+                         label=f"{self.round}:{k}")
 
 
 # ---------------------------------------------------------------------------------------------- run folder
@@ -158,21 +146,18 @@ def _write_json(path: Path, obj) -> None:
 class _World:
     """What every (rule, seed) loop shares: data, tokenizer, teacher, verifier inputs, the untrained metrics."""
 
-    def __init__(self, loop_cfg, eval_cfg, teacher_cfg, influence_cfg, teacher):
+    def __init__(self, loop_cfg, eval_cfg, teacher_cfg, influence_cfg, teacher, generator):
         from ..data.documents import load_chat_samples, load_documents
         from ..models import load_tokenizer
-        from ..synth.pipeline import RubricSource
+        from ..preflight import check_chat_file
 
         self.loop, self.eval, self.teacher_cfg, self.influence_cfg = loop_cfg, eval_cfg, teacher_cfg, influence_cfg
         self.docs = [d for d in load_documents(eval_cfg.eval_documents, text_field=eval_cfg.eval_document_text_field)
                      if d["text"].strip()]
-        self.pool = load_chat_samples(loop_cfg.loop_seed_data)
+        self.pool = check_chat_file(loop_cfg.loop_seed_data, field="loop_seed_data", need_assistant=True)
         if loop_cfg.loop_num_seeds > len(self.pool):
             raise UserError(f"loop_num_seeds={loop_cfg.loop_num_seeds} but {loop_cfg.loop_seed_data} holds "
                             f"{len(self.pool)} seeds")
-        for i, s in enumerate(self.pool):
-            if not any(m["role"] == "assistant" for m in s["messages"]):
-                raise UserError(f"{loop_cfg.loop_seed_data}: seed {i + 1} has no assistant (reference) answer")
         self.test = load_chat_samples(eval_cfg.eval_test_data)
         val = getattr(influence_cfg, "influence_validation_data", None)
         self.validation = load_chat_samples(val) if val else None
@@ -193,7 +178,7 @@ class _World:
             from ..synth.decontam import load_eval_items
 
             self.eval_items = load_eval_items([eval_cfg.eval_test_data] + ([val] if val else []))
-        self.generator = None
+        self.generator = generator  # a loaded rubric generator (loaded from the source's folder on first use if None)
         self._baseline = None
 
     def seeds_for(self, seed: int) -> list[dict]:
@@ -207,13 +192,10 @@ class _World:
 
     def train_student(self, samples: list[dict], seed: int):
         """A fresh target fine-tuned on ``samples``, exactly as ``rubric-rl evaluate`` fine-tunes a dataset."""
-        from ..evaluate.finetuning import finetune
+        from ..evaluate.finetuning import finetune_fresh
 
-        model = self.fresh_student(seed)
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-            torch.manual_seed(seed)
-            ft = finetune(model, self.tokenizer, samples, self.eval, seed=seed, progress=False)
-        return model, ft
+        return finetune_fresh(self.eval, self.target, self.tokenizer, self.device, samples, seed=seed,
+                              trust_remote_code=self.trust)
 
     def metrics(self, model) -> dict:
         from ..evaluate.heldout import heldout_metrics
@@ -249,7 +231,6 @@ def _round_dirs(rs_dir: Path) -> list[Path]:
 
 def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> dict:
     from ..progress import phase
-    from ..synth.pipeline import MemorySink, RubricStream, run_items
     from .selection import seed_scores, select
 
     cfg = world.loop
@@ -273,7 +254,6 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
         student = _load_student(world.fresh_student(seed), rs_dir / f"round{len(done) - 1}" / "student.safetensors")
     if done:
         bar.update(len(done))
-    spent = {"samples": sum(m["accepted"] for m in done), "queries": sum(m["queries"] for m in done)}
     for t in range(len(done), len(budgets)):
         t0 = time.perf_counter()
         rdir = rs_dir / f"round{t}"
@@ -314,13 +294,11 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
         _save_student(student, rdir / "student.safetensors")
         if t and not cfg.loop_save_students:
             (rs_dir / f"round{t - 1}" / "student.safetensors").unlink(missing_ok=True)
-        spent["samples"] += sink.accepted
-        spent["queries"] += cursor.queries
         m = {"round": t, "share": share, "accepted": sink.accepted, "queries": cursor.queries, "items": cursor.next_item,
-             "stopped": stopped,
-             "rejected": dict(sorted(sink.reasons.items())), "spent_samples": spent["samples"],
-             "spent_queries": spent["queries"], "train_samples": len(data), "finetune": ft, "heldout": held,
-             "seconds": round(time.perf_counter() - t0, 2)}
+             "stopped": stopped, "rejected": dict(sorted(sink.reasons.items())),
+             "spent_samples": sum(x["accepted"] for x in done) + sink.accepted,
+             "spent_queries": sum(x["queries"] for x in done) + cursor.queries, "train_samples": len(data),
+             "finetune": ft, "heldout": held, "seconds": round(time.perf_counter() - t0, 2)}
         _write_json(rdir / "metrics.json", m)  # last: the round is done
         done.append(m)
         logger.info("%s seed %d round %d: %d samples (%d queries), test loss %.4f, acc %s", rule, seed, t,
@@ -329,7 +307,7 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
     del student
     write_jsonl(rs_dir / "dataset.jsonl", data)
     summary = {"rule": rule, "seed": seed, "num_seeds": len(seeds), "rounds": done, "final": done[-1]["heldout"],
-               "accepted": sum(m["accepted"] for m in done), "queries": sum(m["queries"] for m in done),
+               "accepted": done[-1]["spent_samples"], "queries": done[-1]["spent_queries"],
                "dataset_path": str(rs_dir / "dataset.jsonl")}
     _write_json(rs_dir / "summary.json", summary)
     return summary
@@ -352,8 +330,7 @@ def closed_loop(loop_cfg: ClosedLoopConfig, eval_cfg: EvalConfig, teacher_cfg, i
     _open_run(out, _fingerprint(loop_cfg, eval_cfg, teacher_cfg, influence_cfg), loop_cfg.loop_overwrite)
     if eval_cfg.eval_torch_num_threads:
         torch.set_num_threads(eval_cfg.eval_torch_num_threads)
-    world = _World(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, teacher)
-    world.generator = generator
+    world = _World(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, teacher, generator)
     phase("closed loop", f"rules {', '.join(loop_cfg.loop_rules)} x seeds {eval_cfg.eval_seeds}, budget "
           f"{loop_cfg.loop_budget} {loop_cfg.loop_budget_unit} in {loop_cfg.loop_rounds} rounds, run folder {out}")
     baseline = world.baseline()

@@ -182,23 +182,36 @@ class ItemPlanner:
         return len(self.documents) if self.strategy == NEW_QUESTION else len(self.seed_samples)
 
     def plan(self, k: int) -> tuple[SynthItem | None, str | None]:
-        teacher_seed = self.seed * 1_000_003 + k
         if self.strategy == NEW_QUESTION:
             epoch, pos = divmod(k, len(self.documents))
-            doc_index, seed_index, seed_messages = document_order(self.seed, epoch, len(self.documents))[pos], None, None
+            doc_index, seed_index = document_order(self.seed, epoch, len(self.documents))[pos], None
         else:
             epoch, pos = divmod(k, len(self.seed_samples))
             seed_index = document_order(self.seed, epoch, len(self.seed_samples))[pos]
-            seed_messages = self.seed_samples[seed_index]["messages"]
-            doc_index = self.doc_by_id.get(str(self.seed_samples[seed_index].get("doc_id")))
-        rubric, label, usable = self.rubrics.get(k, doc_index, epoch)
+            doc_index = self.seed_document(seed_index)
+        return self.item(k, epoch=epoch, doc_index=doc_index, seed_index=seed_index,
+                         teacher_seed=self.seed * 1_000_003 + k)
+
+    def seed_document(self, seed_index: int) -> int | None:
+        """The index of seed sample ``seed_index``'s document (its ``doc_id``), None without one."""
+        return self.doc_by_id.get(str(self.seed_samples[seed_index].get("doc_id")))
+
+    def item(self, k: int, *, epoch: int, doc_index: int | None, seed_index: int | None, teacher_seed: int,
+             rubric_item: int | None = None, label=None) -> tuple[SynthItem | None, str | None]:
+        """The item for document ``doc_index`` (and seed sample ``seed_index``, shown to the teacher for the seeded
+        strategies) with the rubric the stream gives item ``rubric_item`` (default ``k``) in ``epoch``, or the
+        reason it needs no query; ``label`` (default ``k``) is the item's name in the samples' provenance."""
+        rubric, source, usable = self.rubrics.get(k if rubric_item is None else rubric_item, doc_index, epoch)
         if not usable:
             return None, "rubric_unparseable"
         doc = self.documents[doc_index] if doc_index is not None else {"id": "", "text": ""}
-        meta = {"item": k, "rubric_source": label, "seed": teacher_seed,
+        meta = {"item": k if label is None else label, "rubric_source": source, "seed": teacher_seed,
                 "rubric": rubric.to_dict() if rubric else None, "rubric_text": rubric.render() if rubric else None}
+        seed_messages = None
         if seed_index is not None:
             meta["seed_sample"] = seed_index
+            if self.strategy != NEW_QUESTION:
+                seed_messages = self.seed_samples[seed_index]["messages"]
         return SynthItem(document=doc["text"], rubric=rubric, doc_id=doc["id"], seed=teacher_seed,
                          strategy=self.strategy, seed_messages=seed_messages, meta=meta), None
 
