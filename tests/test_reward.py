@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+from test_rubric_quality import SALAD
 
 from rubric_rl.data.documents import load_documents
 from rubric_rl.reward import InfluenceReward, RunningScaler, group_novelty, shape_rewards
@@ -102,9 +103,10 @@ def test_reward_callable_end_to_end(quickstart_dir, tmp_path):
     teacher = FlakyTeacher([d["text"] for d in docs])
     reward = InfluenceReward(SampleSynthesizer(teacher), FakeScorer, invalid_penalty=0.1, scaling="none",
                              log_path=tmp_path / "rollouts.jsonl")
-    good = json.dumps({"prompt_related": ["multiple-choice question"], "response_related": ["step by step"]})
-    short = json.dumps({"prompt_related": ["ask about the dose"], "response_related": ["concise"]})
-    timeout = json.dumps({"prompt_related": ["timeout please"]})
+    good = json.dumps({"prompt_related": ["Write a multiple-choice question."],
+                       "response_related": ["Reason step by step."]})
+    short = json.dumps({"prompt_related": ["Ask about the dose."], "response_related": ["Be concise."]})
+    timeout = json.dumps({"prompt_related": ["Ask after a timeout please."]})
     completions = [[{"role": "assistant", "content": c}] for c in (good, short, "not a rubric", timeout)]
     metrics, extras = {}, {}
     out = reward(prompts=[None] * 4, completions=completions, document=[docs[0]["text"]] * 4,
@@ -119,6 +121,32 @@ def test_reward_callable_end_to_end(quickstart_dir, tmp_path):
     assert len(lines) == 4 and lines[2]["reward"] == pytest.approx(-0.1)
 
 
+def test_word_salad_and_trailing_garbage_get_the_invalid_penalty_and_their_reason_in_the_log(quickstart_dir,
+                                                                                           tmp_path):
+    """Issue 19: a stuttering rubric and a clean rubric followed by garbage were parsed and paid; now they are
+    invalid rollouts (the penalty, no teacher query) with their reason code in rollouts.jsonl."""
+    docs = load_documents(quickstart_dir / "documents.jsonl")
+    teacher = TemplateTeacher([d["text"] for d in docs])
+    synth = SampleSynthesizer(teacher)
+    reward = InfluenceReward(synth, FakeScorer, invalid_penalty=0.1, scaling="none",
+                             log_path=tmp_path / "rollouts.jsonl")
+    clean = json.dumps({"prompt_related": ["Write a multiple-choice question."],
+                        "response_related": ["Reason step by step."]})
+    garbage = clean + " step by the answer the answer with a step by step with with a question" * 3
+    metrics = {}
+    out = reward(prompts=[None] * 3, completions=[SALAD, garbage, clean], document=[docs[0]["text"]] * 3,
+                 doc_id=["d0"] * 3, trainer_state=type("S", (), {"global_step": 7})(),
+                 log_metric=metrics.__setitem__)
+    assert out[0] == out[1] == pytest.approx(-0.1) and out[2] > 0
+    assert synth.queries_spent == 1  # only the clean rubric reached the teacher
+    assert metrics["rubric_parse_rate"] == pytest.approx(1 / 3)
+    rows = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in rows] == ["rubric_stuttering", "rubric_trailing_text", "valid"]
+    assert rows[0]["rubric"] == SALAD and rows[0]["reward"] == pytest.approx(-0.1) and rows[0]["step"] == 7
+    assert rows[0]["sample"] is None and rows[0]["novelty"] is None
+    assert reward.stats.outcomes["rubric_stuttering"] == reward.stats.outcomes["rubric_trailing_text"] == 1
+
+
 def test_reward_nan_influence_is_none_and_counted(quickstart_dir):
     docs = load_documents(quickstart_dir / "documents.jsonl")
 
@@ -128,7 +156,7 @@ def test_reward_nan_influence_is_none_and_counted(quickstart_dir):
             return [TeacherResult("Question: What is it?\nAnswer: nan nan mg") for _ in requests]
 
     reward = InfluenceReward(SampleSynthesizer(NanTeacher()), FakeScorer, scaling="batch_minmax")
-    rubric = json.dumps({"technical": ["x"]})
+    rubric = json.dumps({"technical": ["Use plain text."]})
     out = reward(prompts=[None], completions=[rubric], document=[docs[0]["text"]])
     assert out == [None] and not math.isnan(reward.stats.calls)
     assert reward.stats.outcomes["influence_nonfinite_gradient"] == 1
@@ -175,13 +203,13 @@ def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
         def generate(self, requests):
             out = []
             for r in requests:
-                topic = r.rubric.to_dict()["prompt_related"][0]
+                topic = next(t for t in sentences if t in r.rubric.to_dict()["prompt_related"][0])
                 out.append(TeacherResult(f"Question: What is the {topic} of Belmozaline?\n"
                                          f"Answer: {sentences[topic]}"))
             return out
 
     def rubric(topic):
-        return json.dumps({"prompt_related": [topic]})
+        return json.dumps({"prompt_related": [f"Ask about the {topic}."]})
 
     comps = [rubric("dose"), rubric("dose"), rubric("side effect"), "broken"]
     kw = dict(completions=comps, document=[docs[0]["text"]] * 4, doc_id=["d0"] * 4)
