@@ -18,6 +18,7 @@ from pathlib import Path
 from .data.documents import load_chat_samples, load_documents, load_rubric_file
 from .errors import DataFileError, UserError
 from .jsonl import check_file, read_text
+from .rubric import RubricParseError, parse_completion
 
 
 def _named(field: str, fn, *args, **kwargs):
@@ -46,6 +47,18 @@ def check_chat_file(path, *, field: str, need_assistant: bool = False) -> list[d
 
 def check_rubrics(path, *, field: str):
     return _named(field, load_rubric_file, path)
+
+
+def check_sft_targets(rubrics, path, rubric_format: str, *, field: str = "seed_rubrics") -> None:
+    """Each seed rubric, written as the SFT warm start's target (``Rubric.as_completion``), must be a rubric that
+    the reward accepts (``rubric.parse_completion``: the parser and its quality gate): otherwise the warm start
+    teaches the policy a reply that every rollout is penalised for."""
+    for i, rubric in enumerate(rubrics):
+        try:
+            parse_completion(rubric.as_completion(rubric_format), rubric_format)
+        except RubricParseError as err:
+            raise DataFileError(f"{field}: {path}: rubric {i}: as an SFT target in rubric_format {rubric_format!r} "
+                                f"it is no valid rubric ({err}); the warm start would teach a penalised reply")
 
 
 def check_text_file(path, *, field: str) -> str:
@@ -78,13 +91,15 @@ def check_influence(cfg, run_dir, *, need_validation: bool = True) -> None:
 
 
 def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
-    """Everything `rubric-rl train` reads: documents, seed rubrics (with the SFT warm start), warm-up,
-    validation and decontamination files, the teacher's key, and the downstream evaluation config."""
+    """Everything `rubric-rl train` reads: documents, seed rubrics (with the SFT warm start; each one's SFT target
+    must pass the rubric parser's quality gate), warm-up, validation and decontamination files, the teacher's
+    key, and the downstream evaluation config."""
     check_documents(args.documents, text_field=args.document_text_field)
     if args.policy_sft_warmstart:
         if not args.seed_rubrics:
             raise UserError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
-        check_rubrics(args.seed_rubrics, field="seed_rubrics")
+        rubrics = check_rubrics(args.seed_rubrics, field="seed_rubrics")
+        check_sft_targets(rubrics, args.seed_rubrics, args.rubric_format)
     check_influence(influence_cfg, grpo_args.output_dir)
     for path in args.reward_decontam_files or []:
         check_chat_file(path, field="reward_decontam_files")

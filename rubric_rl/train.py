@@ -185,8 +185,7 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     rubrics = load_rubric_file(args.seed_rubrics)
     rows = [
         {"prompt": policy_messages(d["text"], args.task_description, args.max_document_chars, args.rubric_format),
-         "completion": [{"role": "assistant", "content": r.to_json() if args.rubric_format == "json"
-                         else r.to_list()}]}
+         "completion": [{"role": "assistant", "content": r.as_completion(args.rubric_format)}]}
         for d in documents[: args.policy_sft_max_documents] for r in rubrics
     ]
     sft_args = SFTConfig(

@@ -156,6 +156,22 @@ def test_seed_rubrics_and_decontam_files_are_checked(tmp_path, capsys):
     assert f"reward_decontam_files: {docs}:1: not a chat sample" in line
 
 
+def test_seed_rubrics_whose_sft_targets_the_reward_would_penalise_fail_before_training(tmp_path, capsys):
+    seeds = json.loads((ROOT / "data" / "quickstart" / "seed_rubrics.json").read_text())
+    seeds[3]["response_related"] = ["Explain the answer step by step by step."]
+    bad = tmp_path / "rubrics.json"
+    bad.write_text(json.dumps(seeds))
+    line = fails(train_argv(tmp_path, "--seed_rubrics", str(bad)), capsys)
+    assert f"seed_rubrics: {bad}: rubric 3: as an SFT target in rubric_format 'json'" in line
+    assert "stuttering: response_related[0]" in line
+    # a seed rubric the list format would drop to too few items, with rubric_format list
+    seeds = [{"prompt_related": ["Ask about the dose."], "technical": ["Be brief."]}]
+    bad.write_text(json.dumps(seeds))
+    line = fails(train_argv(tmp_path, "--seed_rubrics", str(bad), "--rubric_format", "list"), capsys)
+    assert f"seed_rubrics: {bad}: rubric 0: as an SFT target in rubric_format 'list'" in line
+    assert "too_few_items" in line
+
+
 def test_score_with_missing_samples_file(tmp_path, capsys):
     missing = tmp_path / "samples.jsonl"
     line = fails(["score", "--config", str(QUICKSTART), "--output_dir", str(tmp_path), "--samples", str(missing),
