@@ -85,9 +85,9 @@ def check_teacher(teacher_cfg) -> None:
 
 
 def _finished_warmup(run_dir) -> bool:
-    from .influence.warmup import ARGS_FILENAME, warmup_dir
+    from .influence.warmup import warmup_finished  # imports torch: only when there is no warmup_data
 
-    return run_dir is not None and (warmup_dir(run_dir) / ARGS_FILENAME).is_file()
+    return warmup_finished(run_dir)
 
 
 def check_influence(cfg, run_dir, *, need_validation: bool = True) -> None:
