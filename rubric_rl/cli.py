@@ -24,7 +24,9 @@ commands:
   calibrate      does the reward predict the gain? influence vs held-out gain over sources x seeds (rubric-rl calibrate --help)
   closed-loop    student-guided synthesis in rounds, per selection rule, vs static generation (rubric-rl closed-loop --help)
 
-Every command that takes --config reads a YAML file of flat fields (see configs/); flags override it.
+Every command but export and serve-teacher takes --config FILE.yaml, a YAML file of flat fields (see configs/);
+flags override it. `rubric-rl COMMAND --help` lists the options by stage; `rubric-rl train --help-all` adds the
+fields train inherits from TRL's GRPOConfig (transformers' TrainingArguments).
 A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
 RUBRIC_RL_DEBUG=1) shows the traceback instead.
 """
@@ -40,13 +42,13 @@ def _setup_logging():
 
 def cmd_train(argv):
     from .config import parse_config, train_dataclasses
-    from .train import format_summary, train
 
-    args, grpo_args, teacher_cfg, influence_cfg = parse_config(
-        train_dataclasses(), argv, prog="rubric-rl train",
+    args, grpo_args, teacher_cfg, influence_cfg = parse_config(  # TRL (and torch) load only past --help
+        train_dataclasses(lazy=True), argv, prog="rubric-rl train",
         description="RL-train a rubric generator: policy rollouts -> teacher samples -> influence reward -> GRPO. "
                     "Ends by exporting the generator to OUTPUT_DIR/export.")
     from .preflight import check_train
+    from .train import format_summary, train
 
     check_train(args, grpo_args, teacher_cfg, influence_cfg)
     summary = train(args, grpo_args, teacher_cfg, influence_cfg)
@@ -65,8 +67,6 @@ def cmd_train(argv):
 
 
 def cmd_export(argv):
-    from .export import export_run
-
     p = argparse.ArgumentParser(prog="rubric-rl export", description="Write a standalone rubric generator "
                                 "(merged safetensors weights, tokenizer, generation config, model card).")
     p.add_argument("--run", required=True, help="OUTPUT_DIR of a `rubric-rl train` run.")
@@ -76,18 +76,20 @@ def cmd_export(argv):
     p.add_argument("--public", action="store_true", help="Create the hub repo public (default: private).")
     p.add_argument("--num_examples", type=int, default=3, help="Rubrics sampled into the model card.")
     a = p.parse_args(argv)
+    from .export import export_run
+
     out = export_run(a.run, a.output, push_to_hub=a.push_to_hub, private=not a.public, num_examples=a.num_examples)
     print(f"Exported rubric generator: {out}")
 
 
 def cmd_warmup(argv):
     from .config import RunDirArguments, parse_config
-    from .influence import run_warmup
     from .configs.influence import InfluenceConfig
 
     run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
                             description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
                                         "optimizer state in OUTPUT_DIR/warmup.", shared_config=True)
+    from .influence import run_warmup
     from .preflight import check_warmup
 
     check_warmup(run, cfg)
@@ -97,13 +99,13 @@ def cmd_warmup(argv):
 
 def cmd_score(argv):
     from .config import RunDirArguments, ScoreArguments, parse_config
-    from .influence import score_file
     from .configs.influence import InfluenceConfig
 
     run, sa, cfg = parse_config((RunDirArguments, ScoreArguments, InfluenceConfig), argv, prog="rubric-rl score",
                                 description="Score chat-format samples by their influence on the validation set "
                                             "(uses OUTPUT_DIR/warmup, running it first if missing).",
                                 shared_config=True)
+    from .influence import score_file
     from .preflight import check_score
 
     check_score(run, sa, cfg)

@@ -11,6 +11,11 @@ override them (``TrlParser``). The stages each own a dataclass, in :mod:`rubric_
 
 Every field has ``help`` metadata (that is what ``--help`` prints) and bad values fail in
 ``__post_init__``, before any model loads, with a message naming the field.
+
+``--help`` (:func:`help_parser`) is built by the same ``HfArgumentParser`` machinery from the same dataclasses, one
+section per dataclass (its ``_argument_group_name``), rubric-rl's own first. It imports neither torch nor TRL:
+``train_dataclasses(lazy=True)`` names TRL's ``GRPOConfig`` as a string that only a real parse or ``--help-all``
+imports; plain ``--help`` shows a pointer to ``--help-all`` instead of its ~190 inherited fields.
 """
 
 from __future__ import annotations
@@ -22,17 +27,134 @@ from .configs.synth import SynthArguments
 from .configs.train import ALGORITHMS, REWARD_SCALINGS, RubricRLArguments
 
 __all__ = ["RubricRLArguments", "RunDirArguments", "ScoreArguments", "SynthArguments", "ALGORITHMS",
-           "REWARD_SCALINGS", "train_dataclasses", "make_parser", "known_config_fields", "parse_config",
-           "read_config_file", "fail"]
+           "REWARD_SCALINGS", "GRPO_CONFIG", "train_dataclasses", "resolve_types", "make_parser", "help_parser",
+           "help_requested", "known_config_fields", "parse_config", "read_config_file", "fail"]
+
+GRPO_CONFIG = "trl:GRPOConfig"  # TRL's class by name: imported only to parse a run or for --help-all
+HELP_FLAGS = ("-h", "--help", "--help-all")
+# What plain --help says about an inherited dataclass instead of listing its fields (--help-all lists them): its
+# name, its section title and the fields a run sets most often (tests/test_cli.py checks that they exist).
+INHERITED = {
+    GRPO_CONFIG: ("TRL's GRPOConfig", "TRL's GRPOConfig (inherited): the RL algorithm, transformers' TrainingArguments",
+                  ("output_dir", "max_steps", "learning_rate", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "num_generations", "max_completion_length", "temperature", "beta",
+                   "loss_type", "seed", "bf16", "logging_steps", "save_steps", "report_to",
+                   "resume_from_checkpoint")),
+}
 
 
-def train_dataclasses():
-    from trl import GRPOConfig
-
+def train_dataclasses(lazy: bool = False):
+    """The settings of a training run, in parse order: ``(RubricRLArguments, GRPOConfig, TeacherConfig,
+    InfluenceConfig)``. With ``lazy``, GRPOConfig is :data:`GRPO_CONFIG` (a name), so that nothing imports TRL (and
+    torch) until :func:`parse_config` parses a real run."""
     from .configs.influence import InfluenceConfig
     from .configs.teacher import TeacherConfig
 
-    return (RubricRLArguments, GRPOConfig, TeacherConfig, InfluenceConfig)
+    types = (RubricRLArguments, GRPO_CONFIG, TeacherConfig, InfluenceConfig)
+    return types if lazy else resolve_types(types)
+
+
+def resolve_types(types) -> tuple:
+    """``types`` with each ``"module:Class"`` name replaced by the class it names."""
+    import importlib
+
+    out = []
+    for t in types:
+        if isinstance(t, str):
+            module, _, name = t.partition(":")
+            t = getattr(importlib.import_module(module), name)
+        out.append(t)
+    return tuple(out)
+
+
+def _type_key(t) -> str:
+    return t if isinstance(t, str) else f"{t.__module__.split('.')[0]}:{t.__name__}"
+
+
+def help_requested(argv: list[str]) -> bool:
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def _help_formatter():
+    import argparse
+
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+        """``--field TYPE`` instead of ``--field FIELD, --field-name FIELD`` (the dashed alias still parses)."""
+
+        def _format_action_invocation(self, action):
+            if not action.option_strings or action.nargs == 0:
+                return ", ".join(action.option_strings) or super()._format_action_invocation(action)
+            if action.metavar is not None:
+                return f"{action.option_strings[0]} {action.metavar}"
+            if action.choices:
+                name = "{" + ",".join(str(c) for c in action.choices) + "}"
+            else:
+                name = {"string_to_bool": "BOOL", "str": "STR", "int": "INT", "float": "FLOAT"}.get(
+                    getattr(action.type, "__name__", ""), "VALUE")
+            shape = {"?": f"[{name}]", "+": f"{name} [{name} ...]", "*": f"[{name} ...]"}.get(action.nargs, name)
+            return f"{action.option_strings[0]} {shape}"
+
+    return HelpFormatter
+
+
+def help_parser(types, prog: str | None = None, description: str | None = None, *, full: bool = False,
+                shared_config: bool = False):
+    """The parser whose help ``--help`` prints (it parses nothing): the options of ``types`` as
+    :func:`make_parser` builds them (``HfArgumentParser``), one section per dataclass titled by its
+    ``_argument_group_name``, rubric-rl's own first. An inherited dataclass (TRL's GRPOConfig) comes last: its
+    fields with ``full`` (``--help-all``, which imports it), else a section that names the common ones and points
+    to ``--help-all``. Plus ``--config``, ``--debug`` (and ``--help-all``); ``--no_FIELD`` complements are hidden
+    (``--FIELD false`` does the same). Without ``full`` this imports neither torch nor TRL."""
+    import argparse
+
+    from transformers.hf_argparser import HfArgumentParser
+
+    prog = prog or "rubric-rl"
+    own = [t for t in types if not isinstance(t, str) and t.__module__.startswith("rubric_rl.")]
+    inherited = [t for t in types if t not in own]
+    shown = list(own)
+    if full:
+        for key, cls in zip(map(_type_key, inherited), resolve_types(inherited)):
+            title = INHERITED[key][1] if key in INHERITED else f"{cls.__name__} (inherited from {key.split(':')[0]})"
+            shown.append(type(cls.__name__, (cls,), {"_argument_group_name": title}))
+    # conflict_handler: rubric-rl's --debug replaces TrainingArguments' (cli.main takes --debug off the command line)
+    parser = HfArgumentParser(shown, prog=prog, description=description, formatter_class=_help_formatter(),
+                              usage=f"{prog} [--config FILE.yaml] [--FIELD VALUE ...]", conflict_handler="resolve")
+    options = parser._optionals
+    if inherited:
+        names = " and ".join(INHERITED[k][0] if k in INHERITED else k for k in map(_type_key, inherited))
+        options.add_argument("--help-all", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show this help with every option, the fields inherited from {names} included.")
+    unknown = ("Fields of other rubric-rl commands are ignored (one run YAML serves train, warmup, score, synthesize "
+               "and evaluate); a field no command knows" if shared_config else "A field this command does not know")
+    options.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                         help="YAML file of flat `field: value` lines, one per option below (see configs/); flags "
+                              f"override it. {unknown} is an error naming the file and line.")
+    options.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error instead of its one line (or RUBRIC_RL_DEBUG=1).")
+    if not full:
+        for t in inherited:
+            key = _type_key(t)
+            _, title, common = INHERITED.get(key, (key, f"{key} (inherited)", ()))
+            named = f" The ones a run sets most often: {', '.join('--' + n for n in common)}." if common else ""
+            parser.add_argument_group(title, f"Not listed here: `{prog} --help-all` lists them all.{named}")
+    fields = {a.dest for a in parser._actions if a.option_strings and a.option_strings[0] == f"--{a.dest}"}
+    for action in parser._actions:  # the --no_FIELD complement of a field that defaults to true
+        if isinstance(action, argparse._StoreFalseAction) and action.dest in fields:
+            action.help = argparse.SUPPRESS
+    return parser
+
+
+def _help(types, argv: list[str], prog, description, shared_config: bool):
+    """Print ``--help`` (``--help-all``) and exit 0; with ``--config FILE`` the defaults shown are the file's."""
+    parser = help_parser(types, prog, description, full="--help-all" in argv, shared_config=shared_config)
+    path = _config_path(argv)
+    if path is not None:
+        data, _ = read_config_file(path)
+        dests = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in data.items() if k in dests})
+    parser.print_help()
+    raise SystemExit(0)
 
 
 def make_parser(types, prog: str | None = None, description: str | None = None):
@@ -152,7 +274,8 @@ def _unknown_flags_message(flags: list[str], known) -> str:
 
 def parse_config(types, argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
                  shared_config: bool = False):
-    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses.
+    """Parse ``--config file.yaml`` plus CLI overrides into the given dataclasses (a ``"module:Class"`` name among
+    ``types`` is imported first); ``-h``/``--help``/``--help-all`` print :func:`help_parser`'s help and exit 0.
 
     With ``shared_config``, keys of the YAML file that belong to another rubric-rl command are ignored
     (so ``rubric-rl score --config run.yaml`` works on the training config), while keys no command
@@ -164,6 +287,12 @@ def parse_config(types, argv: list[str] | None = None, prog: str | None = None, 
     from .errors import UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if help_requested(argv):
+            _help(types, argv, prog, description, shared_config)
+    except (ValueError, TypeError) as err:  # a bad --config file
+        fail(prog, str(err))
+    types = resolve_types(types)
     parser = make_parser(types, prog=prog, description=description)
     own = {f.name for t in types for f in dc.fields(t)}
     try:

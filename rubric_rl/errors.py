@@ -6,6 +6,9 @@
   exit 3.
 * :class:`TrainingStalled`: RL cannot learn from what it gets (pre-flight: no sampled rubric parses; during
   training: nothing scorable or no reward spread for ``stall_steps``); exit 1, nothing exported.
+* :class:`MissingExtra` (a :class:`UserError`, and an ``ImportError``): an optional dependency (one of the pip
+  extras in :data:`EXTRAS`) is not installed; exit 2, the one line says what to install, for a clone
+  (``pip install -e '.[serve]'``) and for the package (``pip install 'rubric-rl[serve]'``).
 * A full disk (``OSError`` ENOSPC / EDQUOT while writing): exit 4, one line naming the file. Every writer
   checkpoints data before the state that points at it, so rerunning the same command resumes from the last
   checkpoint once space is freed.
@@ -23,6 +26,9 @@ EXIT_TEACHER_UNAVAILABLE = 3
 EXIT_NOTHING_PRODUCED = 1
 EXIT_DISK_FULL = 4
 
+# pyproject.toml's optional dependencies: extra -> the modules it provides (tests/test_user_errors.py checks them)
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "vllm": ("vllm",), "gguf": ("gguf",)}
+
 
 def is_disk_full(err: BaseException) -> bool:
     import errno
@@ -36,6 +42,30 @@ class UserError(ValueError):
 
 class DataFileError(UserError):
     """A data file that cannot be used; the message names the file (and line)."""
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional dependency is not installed; the message says which extra to install, and how."""
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install -e '.[{extra}]' in a clone of rubric-rl, or pip install 'rubric-rl[{extra}]'"
+
+
+def missing_extra(what: str, extra: str, cause: BaseException | str | None = None, advice: str = "") -> MissingExtra:
+    """``WHAT needs the optional 'EXTRA' extra (its packages), which is not installed (CAUSE): pip install ...``."""
+    why = f" ({one_line(cause)})" if cause else ""
+    return MissingExtra(f"{what} needs the optional '{extra}' extra ({', '.join(EXTRAS[extra])}), which is not "
+                        f"installed{why}: {install_hint(extra)}" + (f". {advice}" if advice else ""))
+
+
+def require_extra(what: str, extra: str, advice: str = "") -> None:
+    """Raise :func:`missing_extra` unless every module of ``extra`` can be found (nothing is imported)."""
+    import importlib.util
+
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise missing_extra(what, extra, f"no module {', '.join(missing)}", advice)
 
 
 class TrainingStalled(RuntimeError):

@@ -126,8 +126,9 @@ def _require_gguf(name_or_path: str) -> tuple[str, str]:
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"{name_or_path!r} is a GGUF file; reading it needs the 'gguf' package: "
-                          "pip install 'rubric-rl[gguf]' (or pip install gguf)")
+        from .errors import missing_extra
+
+        raise missing_extra(f"{name_or_path!r} is a GGUF file; reading it", "gguf")
     if not (Path(folder) / file).is_file():
         raise FileNotFoundError(f"GGUF file not found: {Path(folder) / file}")
     return folder, file

@@ -7,7 +7,9 @@ failure is a :class:`~rubric_rl.errors.UserError` whose one line names the confi
 where there is one, the line: ``influence_validation_data: data/val.jsonl:7: no assistant turn``.
 
 The readers themselves (:mod:`rubric_rl.data.documents`) give the same errors later; checking up front
-only moves them before the minutes of model loading, SFT warm start and warm-up.
+only moves them before the minutes of model loading, SFT warm start and warm-up. So do the optional
+dependencies a setting needs (``teacher_backend='vllm'``: the ``vllm`` extra; a GGUF model file: ``gguf``), each a
+:class:`~rubric_rl.errors.MissingExtra` that says what to install.
 """
 
 from __future__ import annotations
@@ -65,20 +67,46 @@ def check_text_file(path, *, field: str) -> str:
     return _named(field, read_text, path)
 
 
+def check_model(name, *, field: str) -> None:
+    """A GGUF model file needs the optional ``gguf`` extra."""
+    if isinstance(name, str) and ".gguf" in name.lower():
+        from .errors import require_extra
+        from .models import gguf_location
+
+        if gguf_location(name) is not None:
+            require_extra(f"{field} {name!r} (a GGUF file)", "gguf")
+
+
+def _check_eval_target(eval_cfg, influence_cfg) -> None:
+    """The target the evaluation fine-tunes: eval_target_model_name_or_path, by default the reward's target."""
+    if eval_cfg.eval_target_model_name_or_path:
+        check_model(eval_cfg.eval_target_model_name_or_path, field="eval_target_model_name_or_path")
+    else:
+        check_model(influence_cfg.target_model_name_or_path, field="target_model_name_or_path")
+
+
 def check_teacher(teacher_cfg) -> None:
     env = getattr(teacher_cfg, "teacher_api_key_env", None)
     if teacher_cfg.teacher_backend == "openai" and env and not os.environ.get(env):
         raise UserError(f"teacher_api_key_env: the environment variable {env!r} is not set or empty")
+    if teacher_cfg.teacher_backend == "vllm":
+        from .teachers.vllm_backend import require_vllm
+
+        require_vllm()
+    if teacher_cfg.teacher_backend == "transformers":
+        check_model(teacher_cfg.teacher_model_name_or_path, field="teacher_model_name_or_path")
 
 
 def _finished_warmup(run_dir) -> bool:
-    from .influence.warmup import ARGS_FILENAME, warmup_dir
+    from .influence.warmup import warmup_finished  # imports torch: only when there is no warmup_data
 
-    return run_dir is not None and (warmup_dir(run_dir) / ARGS_FILENAME).is_file()
+    return warmup_finished(run_dir)
 
 
 def check_influence(cfg, run_dir, *, need_validation: bool = True) -> None:
-    """warmup_data (unless RUN_DIR/warmup holds a finished warm-up) and influence_validation_data."""
+    """The target model, warmup_data (unless RUN_DIR/warmup holds a finished warm-up) and
+    influence_validation_data."""
+    check_model(cfg.target_model_name_or_path, field="target_model_name_or_path")
     if cfg.warmup_data:
         check_chat_file(cfg.warmup_data, field="warmup_data", need_assistant=True)
     elif not _finished_warmup(run_dir):
@@ -95,6 +123,7 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
     must pass the rubric parser's quality gate), warm-up, validation and decontamination files, the teacher's
     key, and the downstream evaluation config."""
     check_documents(args.documents, text_field=args.document_text_field)
+    check_model(args.policy_model_name_or_path, field="policy_model_name_or_path")
     if args.policy_sft_warmstart:
         if not args.seed_rubrics:
             raise UserError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
@@ -151,6 +180,7 @@ def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
 
     check_documents(cfg.eval_documents, field="eval_documents", text_field=cfg.eval_document_text_field)
     check_chat_file(cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    _check_eval_target(cfg, influence_cfg)
     for name, spec in parse_sources(ea.sources).items():
         try:
             resolve_source(name, spec)
@@ -171,6 +201,7 @@ def check_closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> None:
 
     docs = check_documents(eval_cfg.eval_documents, field="eval_documents", text_field=eval_cfg.eval_document_text_field)
     check_chat_file(eval_cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    _check_eval_target(eval_cfg, influence_cfg)
     seeds = check_chat_file(loop_cfg.loop_seed_data, field="loop_seed_data", need_assistant=True)
     if loop_cfg.loop_num_seeds > len(seeds):
         raise UserError(f"loop_num_seeds={loop_cfg.loop_num_seeds}, but loop_seed_data {loop_cfg.loop_seed_data} "

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from rubric_rl.cli import COMMANDS, main
-from rubric_rl.config import RubricRLArguments, parse_config, train_dataclasses
+from rubric_rl.config import RubricRLArguments, RunDirArguments, ScoreArguments, parse_config, train_dataclasses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,3 +128,94 @@ def test_the_runs_settings_win_over_the_evaluation_file_with_a_warning(caplog):
         assert _given_over_file(run, file) is run
     assert "teacher_temperature=0.9 (the run's: 0.5)" in caplog.text
     assert _given_over_file(None, file) is file
+
+
+# ---------------------------------------------------------------------------------------------- --help
+CONFIG_COMMANDS = ["train", "warmup", "score", "synthesize", "evaluate", "calibrate", "closed-loop"]
+
+
+def test_help_imports_neither_torch_nor_trl():
+    """`--help` of every command answers in well under a second: nothing imports torch or TRL before it."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom rubric_rl.cli import COMMANDS, main\nseen = {}\n"
+            "for c in sorted(COMMANDS):\n"
+            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+            "    seen[c] = sorted(m for m in ('torch', 'trl') if m in sys.modules)\n"
+            "print(json.dumps(seen))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(seen) == set(COMMANDS)
+    assert all(loaded == [] for loaded in seen.values()), seen  # the first command listed with torch loaded it
+
+
+def _help(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_train_help_is_grouped_by_stage_and_points_to_help_all(capsys):
+    from rubric_rl.configs.influence import InfluenceConfig
+    from rubric_rl.configs.teacher import TeacherConfig
+
+    out = _help(capsys, "train", "--help")
+    lines = out.splitlines()
+    titles = [RubricRLArguments._argument_group_name, TeacherConfig._argument_group_name,
+              InfluenceConfig._argument_group_name, "TRL's GRPOConfig (inherited)"]
+    at = [next(i for i, line in enumerate(lines) if line.startswith(t)) for t in titles]
+    assert at == sorted(at), at  # rubric-rl's own sections first, TRL's last
+    assert lines[0].startswith("usage: rubric-rl train [--config FILE.yaml]")
+    assert next(i for i, line in enumerate(lines) if line.startswith("  --teacher_backend")) < 250
+    options = {line.split()[0] for line in lines if line.startswith("  --")}
+    assert {"--config", "--help-all", "--debug", "--policy_model_name_or_path", "--influence_estimator"} <= options
+    assert "--per_device_train_batch_size" not in options and "--learning_rate" not in options  # TRL's: not listed
+    assert "rubric-rl train --help-all" in " ".join(lines[at[-1]:])
+    assert "--no_reward_grounding" not in out  # the complement of a true default is hidden (--reward_grounding false)
+    full = _help(capsys, "train", "--help-all")
+    options = [line.split()[0] for line in full.splitlines() if line.startswith("  --")]
+    assert {"--per_device_train_batch_size", "--learning_rate", "--num_generations", "--output_dir"} <= set(options)
+    assert options.index("--influence_dtype") < options.index("--output_dir")  # TRL's fields come last
+    assert options.count("--debug") == 1  # rubric-rl's (cli.main takes --debug off the command line)
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_every_config_command_documents_config(command, capsys):
+    out = _help(capsys, command, "--help")
+    assert "--config FILE.yaml" in out.splitlines()[0]
+    assert any(line.startswith("  --config FILE.yaml") for line in out.splitlines())
+
+
+def test_help_lists_the_options_the_parser_takes():
+    """--help is built from the same dataclasses by the same HfArgumentParser code: the same option strings."""
+    from rubric_rl.config import help_parser, make_parser
+    from rubric_rl.configs.influence import InfluenceConfig
+
+    ours = {"-h", "--help", "--help-all", "--config", "--debug"}
+    for types in (train_dataclasses(), (RunDirArguments, ScoreArguments, InfluenceConfig)):
+        shown = {o for a in help_parser(types, full=True)._actions for o in a.option_strings} - ours
+        parsed = {o for a in make_parser(types)._actions for o in a.option_strings} - ours
+        assert shown == parsed
+
+
+def test_help_names_only_real_grpo_fields_and_titles_every_dataclass():
+    from rubric_rl.config import GRPO_CONFIG, INHERITED, known_config_fields
+    from rubric_rl.configs import calibrate, closed_loop, evaluate, influence, run, synth, teacher, train
+
+    grpo = {f.name for f in dataclasses.fields(train_dataclasses()[1])}
+    assert set(INHERITED[GRPO_CONFIG][2]) <= grpo
+    assert known_config_fields() >= grpo
+    for module in (calibrate, closed_loop, evaluate, influence, run, synth, teacher, train):
+        for cls in vars(module).values():
+            if dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__:
+                assert cls._argument_group_name, cls
+
+
+def test_help_with_a_config_shows_the_files_values(capsys):
+    out = " ".join(_help(capsys, "train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--help").split())
+    quick = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    assert f"(default: {quick['reward_novelty_weight']})" in out.split("--reward_novelty_weight")[1].split("--")[0]

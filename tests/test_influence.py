@@ -624,6 +624,7 @@ def test_score_file_writes_every_line_in_order(world, tmp_path):
     assert [g.get("id") for g in got[5:]] == [0, 1, 2]
     assert summary["total"] == 8 and summary["scored"] == 6
     assert summary["unscored"] == {"bad_format": 1, "no_assistant_tokens": 1}
+    assert summary["warmup"] == {"dir": str(world["run_dir"] / "warmup"), "reused": True}  # which one, and how
     best = [json.loads(x) for x in top.read_text().splitlines()]
     values = sorted((g["influence"] for g in got if g["influence"] is not None), reverse=True)
     assert [b["influence"] for b in best] == values[:2]
@@ -685,3 +686,19 @@ def test_rank0_trains_in_a_single_process_subprocess(world, tmp_path, monkeypatc
     scorer = InfluenceScorer.from_config(cfg, tmp_path / "run", device="cpu")
     res = scorer.score([s["messages"] for s in make_samples(3, 71)])
     assert all(r.value is not None for r in res)
+
+
+def test_warmup_says_which_folder_and_whether_reused_or_trained(world, tmp_path, caplog):
+    import logging
+
+    from rubric_rl.influence import InfluenceScorer
+
+    cfg, wdir = make_cfg(world, warmup_epochs=1), tmp_path / "run" / "warmup"
+    with caplog.at_level(logging.INFO, logger="rubric_rl.influence.warmup"):
+        trained = InfluenceScorer.from_config(cfg, tmp_path / "run")
+        assert f"warm-up: {wdir} holds no finished warm-up; training one on {cfg.warmup_data}" in caplog.text
+        caplog.clear()
+        reused = InfluenceScorer.from_config(cfg, tmp_path / "run")
+        assert f"warm-up: reusing the finished warm-up in {wdir}" in caplog.text
+    assert trained.warmup == {"dir": str(wdir), "reused": False}
+    assert reused.warmup == {"dir": str(wdir), "reused": True}

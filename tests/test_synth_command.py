@@ -78,7 +78,7 @@ def test_rubric_source_export_dir(q, tmp_path, monkeypatch):
     s = synthesize(cfg(q), TeacherConfig(), rubric_source=str(export), documents=q["docs"], output=str(out),
                    num_samples=60)
     assert s["accepted"] == 60 and s["rubrics_unparseable"] == 12 * len(calls) and s["rubrics_generated"] == 48 * len(calls)
-    assert s["skipped"]["rubric_unparseable"] > 0 and calls[0] == 0 and calls == list(range(len(calls)))
+    assert s["items_skipped"]["rubric_unparseable"] > 0 and calls[0] == 0 and calls == list(range(len(calls)))
     rows = lines(out)
     assert all(r["provenance"]["rubric_text"] in {x.render() for x in seed_rubrics} for r in rows)
     assert all(r["provenance"]["rubric_source"].startswith("generator:epoch") for r in rows)
@@ -88,6 +88,40 @@ def test_rubric_source_export_dir(q, tmp_path, monkeypatch):
     s2 = synthesize(cfg(q), TeacherConfig(), rubric_source=str(export), documents=q["docs"], output=str(out),
                     num_samples=70)
     assert s2["accepted"] == 70 and calls[n:] in ([], [n])
+
+
+def test_items_skipped_and_rubrics_unparseable_are_different_honest_counts(q, tmp_path, monkeypatch):
+    """Rubrics (what the generator wrote, a pass over the documents at a time) and items (what was skipped) are
+    counted under two names; a run resumed after a crash reports what the uninterrupted run does."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(line + "\n" for line in open(q["docs"]).read().splitlines()[:12]))
+    texts = [json.loads(x)["text"] for x in open(docs)]
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    seed_rubrics = [Rubric.from_dict(r) for r in json.load(open(q["rubrics"]))]
+
+    class HalfParse:
+        def generate(self, texts, seed=0):
+            return [None if i % 2 == 0 else seed_rubrics[i % len(seed_rubrics)] for i in range(len(texts))]
+
+    import rubric_rl.generator as gen_module
+
+    monkeypatch.setattr(gen_module.RubricGenerator, "from_pretrained", classmethod(lambda cls, p, **kw: HalfParse()))
+    kw = dict(rubric_source=str(export), documents=str(docs), num_samples=8)
+    ref = synthesize(cfg(q), TeacherConfig(), output=str(tmp_path / "ref.jsonl"), **kw)
+    epochs = len(lines(tmp_path / "ref.rubrics.jsonl"))
+    assert "skipped" not in ref and epochs >= 2
+    assert (ref["rubrics_generated"], ref["rubrics_unparseable"]) == (12 * epochs, 6 * epochs)
+    assert 0 < ref["items_skipped"]["rubric_unparseable"] <= ref["rubrics_unparseable"]
+    out = tmp_path / "run.jsonl"
+    with pytest.raises(Crash):  # the first chunk generates the rubrics, then the teacher dies: no checkpoint
+        synthesize(cfg(q), TeacherConfig(), output=str(out), teacher=CrashingTeacher(texts, crash_at_call=1), **kw)
+    assert (tmp_path / "run.rubrics.jsonl").exists()
+    s = synthesize(cfg(q), TeacherConfig(), output=str(out), **kw)
+    assert s["resumed"] and lines(out) == lines(tmp_path / "ref.jsonl")
+    for key in ("rubrics_generated", "rubrics_unparseable", "items_skipped", "queries_spent"):
+        assert s[key] == ref[key], key
 
 
 def test_budget_stops_cleanly(q, tmp_path):

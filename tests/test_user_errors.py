@@ -216,3 +216,57 @@ def test_real_process_exit_code_and_single_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"rubric-rl train: error: {cfg}:")
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- optional extras
+def _install_line(line: str, extra: str) -> None:
+    assert f"pip install -e '.[{extra}]'" in line  # a clone
+    assert f"pip install 'rubric-rl[{extra}]'" in line  # the package
+
+
+def test_serve_teacher_without_fastapi_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+    line = fails(["serve-teacher", "--model", "template"], capsys)
+    assert line.startswith("rubric-rl serve-teacher: error: ") and "'serve' extra (fastapi, uvicorn)" in line
+    _install_line(line, "serve")
+
+
+def test_serve_teacher_with_an_unset_key_variable_is_one_line(monkeypatch, capsys):
+    monkeypatch.delenv("RUBRIC_RL_NO_SUCH_KEY", raising=False)
+    line = fails(["serve-teacher", "--model", "template", "--api_key_env", "RUBRIC_RL_NO_SUCH_KEY"], capsys)
+    assert "'RUBRIC_RL_NO_SUCH_KEY' (api_key_env) is not set" in line
+
+
+def test_vllm_teacher_without_vllm_fails_before_any_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    line = fails(["synthesize", "--config", str(QUICKSTART), "--rubric_source", "none", "--output",
+                  str(tmp_path / "o.jsonl"), "--teacher_backend", "vllm", "--teacher_model_name_or_path", "m"], capsys)
+    assert "teacher_backend='vllm' needs the optional 'vllm' extra" in line
+    _install_line(line, "vllm")
+    assert not (tmp_path / "o.jsonl").exists()
+    line = fails(train_argv(tmp_path, "--teacher_backend", "vllm", "--teacher_model_name_or_path", "m"), capsys)
+    _install_line(line, "vllm")
+
+
+def test_gguf_model_without_gguf_fails_before_any_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    samples = write_quickstart_copy(tmp_path / "s.jsonl", 2)
+    model = str(tmp_path / "target.gguf")
+    line = fails(["score", "--config", str(QUICKSTART), "--output_dir", str(tmp_path / "run"), "--samples",
+                  str(samples), "--output", str(tmp_path / "o.jsonl"), "--target_model_name_or_path", model], capsys)
+    assert f"target_model_name_or_path '{model}' (a GGUF file) needs the optional 'gguf' extra" in line
+    _install_line(line, "gguf")
+    line = fails(train_argv(tmp_path, "--policy_model_name_or_path", model), capsys)
+    assert "policy_model_name_or_path" in line
+    _install_line(line, "gguf")
+
+
+def test_extras_match_pyproject():
+    import tomllib
+
+    from rubric_rl.errors import EXTRAS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra, modules in EXTRAS.items():
+        packages = {dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in extras[extra]}
+        assert packages == set(modules), extra

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CalibrateArguments:
+    _argument_group_name = "calibrate: rubric sources, report folder, the reward's run folder"
+
     sources: list[str] = field(
         default=None, metadata={"help": "NAME=SPEC rubric sources (rubrics JSON, exported generator folder, or "
                                         "'none'); each is evaluated with every seed of eval_seeds."})

@@ -27,6 +27,8 @@ class ClosedLoopConfig:
     per picked seed, fine-tune a fresh student on all synthetic samples so far. Documents, held-out test set,
     target, fine-tuning and seeds are the evaluation's ``eval_*`` fields."""
 
+    _argument_group_name = "closed loop (loop_*): seed questions, selection rules, budget, rounds"
+
     loop_seed_data: str = field(
         default="data/quickstart/warmup.jsonl",
         metadata={"help": "Seed questions: chat jsonl ({'messages': [...]} with an assistant reference answer), "
@@ -118,6 +120,8 @@ class ClosedLoopConfig:
 
 @dataclass
 class ClosedLoopArguments:
+    _argument_group_name = "closed-loop: run folder"
+
     output: str | None = field(
         default=None, metadata={"help": "Run folder: per rule and seed the rounds (selection, samples, student, "
                                         "metrics), then report.json, report.md and budget_curve.png."})

@@ -22,6 +22,8 @@ class EvalConfig:
     """Downstream evaluation of rubric sources (flat ``eval_*`` fields, parsed with the teacher and influence
     configs)."""
 
+    _argument_group_name = "evaluation (eval_*): documents, held-out test set, fine-tuning of the target, seeds"
+
     eval_documents: str = field(
         default="data/quickstart/documents.jsonl",
         metadata={"help": "Documents the samples are written from (jsonl/json/parquet or a datasets folder)."},
@@ -143,6 +145,8 @@ class EvalConfig:
 
 @dataclass
 class EvalArguments:
+    _argument_group_name = "evaluate: rubric sources and report folder"
+
     sources: list[str] | None = field(
         default=None,
         metadata={"help": "Rubric sources to compare, NAME=SPEC each (repeat the flag or list them): SPEC is an "

@@ -35,6 +35,8 @@ def _choice(name: str, value, choices) -> None:
 class InfluenceConfig:
     """Target model, warm-up fine-tune, and influence scoring (LESS-style, optimizer-aware)."""
 
+    _argument_group_name = "target, warm-up and influence (target_*, warmup_*, influence_*): how the reward is measured"
+
     # ----- target -------------------------------------------------------------------------------
     target_model_name_or_path: str = field(
         default="tiny:hidden=64,layers=2,heads=4,seed=0",

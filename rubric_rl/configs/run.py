@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RunDirArguments:
+    _argument_group_name = "run folder"
+
     output_dir: str = field(
         default="runs/quickstart",
         metadata={"help": "Run folder: the target warm-up goes to OUTPUT_DIR/warmup, validation-gradient caches "
@@ -16,6 +18,8 @@ class RunDirArguments:
 
 @dataclass
 class ScoreArguments:
+    _argument_group_name = "score: samples in, scores out, top-K selection"
+
     samples: str = field(default=None, metadata={"help": "Chat-format samples to score (jsonl, {'messages': [...]})."})
     output: str = field(default=None, metadata={"help": "Where to write one scored line per input line, in order."})
     select_top: int | None = field(default=None, metadata={"help": "Also write the K most influential samples."})

@@ -20,6 +20,8 @@ AUTO_RATIO_THRESHOLD = 16.0
 
 @dataclass
 class SynthConfig:
+    _argument_group_name = "synthesis (synth_*): strategy, budget, seed set, verifiers, outputs"
+
     synth_strategy: str = field(
         default=NEW_QUESTION,
         metadata={"help": "Generation strategy: 'new_question' (new questions from a document under a rubric), "
@@ -117,6 +119,8 @@ class SynthConfig:
 
 @dataclass
 class SynthArguments:
+    _argument_group_name = "synthesize: rubric source, documents, output"
+
     rubric_source: str = field(
         default="none",
         metadata={"help": "Where rubrics come from: an exported rubric generator folder, a rubrics JSON file, "

@@ -10,6 +10,8 @@ BACKENDS = ("template", "transformers", "openai", "vllm")
 
 @dataclass
 class TeacherConfig:
+    _argument_group_name = "teacher (teacher_*): the model that writes each sample from a document and a rubric"
+
     teacher_backend: str = field(
         default="template",
         metadata={"help": "Teacher backend: 'transformers' (local HF model), 'openai' (any OpenAI-compatible "

@@ -17,6 +17,8 @@ ALGORITHMS = ("grpo", "rloo")
 
 @dataclass
 class RubricRLArguments:
+    _argument_group_name = "train: policy, documents, prompts, reward, warm start, pre-flight, downstream evaluation"
+
     algorithm: str = field(
         default="grpo",
         metadata={"help": "RL algorithm: 'grpo' (TRL GRPOTrainer; pick the loss with loss_type: dapo, grpo, "

@@ -37,7 +37,7 @@ from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
-from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup
+from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup, warmup_finished
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class InfluenceScorer:
         self.device = torch.device(device)
         self.progress = progress
         self.dtype = _DTYPES[cfg.influence_dtype]
+        self.warmup: dict | None = None  # {"dir", "reused"} when built by from_config
         self.cache_hits = 0
         self.cache_misses = 0
         # running counts over all score() calls: scored, truncated, and one entry per reason code
@@ -163,6 +164,7 @@ class InfluenceScorer:
             raise ValueError("influence_validation_data is not set; it must name the validation chat jsonl")
         run_dir = Path(run_dir)
         dev = resolve_device(device if device is not None else cfg.influence_device)
+        reused = warmup_finished(run_dir)
         wdir = run_warmup(cfg, run_dir, progress=progress)
         tok_dir = wdir / "tokenizer"
         tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else cfg.target_model_name_or_path,
@@ -175,6 +177,7 @@ class InfluenceScorer:
         model.to(dev).eval()
         ckpts = load_checkpoints(wdir, model, cfg.influence_checkpoints)
         scorer = cls(cfg, model, tok, ckpts, device=dev, progress=progress)
+        scorer.warmup = {"dir": str(wdir), "reused": reused}
         scorer.load_validation(cfg.influence_validation_data, cache_dir=run_dir / CACHE_DIRNAME)
         return scorer
 

@@ -51,7 +51,8 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
         scorer: an already built scorer (else built from ``cfg``).
 
     Returns a summary dict: counts (``total``, ``scored``, ``unscored`` per reason, ``truncated``),
-    ``samples_per_s``, output paths, score statistics.
+    ``samples_per_s``, output paths, score statistics, and ``warmup``: the warm-up folder used and whether it was
+    ``reused`` or trained for this call (None for a given ``scorer``).
     """
     samples_path, output_path = Path(samples_path), Path(output_path)
     if select_top is not None and select_top <= 0:
@@ -151,6 +152,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
         "samples_per_s": round(len(lines) / elapsed, 3) if elapsed > 0 else None,
         "estimator": cfg.influence_estimator,
         "direction": cfg.influence_direction,
+        "warmup": getattr(scorer, "warmup", None),  # {"dir": RUN_DIR/warmup, "reused": true | false}
     }
     if values:
         t = torch.tensor(values, dtype=torch.float64)

@@ -93,6 +93,11 @@ def warmup_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / WARMUP_DIRNAME
 
 
+def warmup_finished(run_dir: str | Path | None) -> bool:
+    """Whether ``RUN_DIR/warmup`` holds a finished warm-up (its ``warmup_args.json``, written last)."""
+    return run_dir is not None and (warmup_dir(run_dir) / ARGS_FILENAME).is_file()
+
+
 def _defining_arguments(cfg: InfluenceConfig) -> dict:
     args = {k: v for k, v in cfg.warmup_arguments().items() if k not in _NON_DEFINING}
     if cfg.warmup_data is not None and Path(cfg.warmup_data).exists():
@@ -160,12 +165,15 @@ def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = Tr
 
     A finished warm-up with the same arguments is reused; with different arguments this raises
     ``ValueError`` naming the differences (delete the folder to recompute). An unfinished one is recomputed.
-    Under ``accelerate launch`` only rank 0 trains; the other ranks wait for it.
+    Under ``accelerate launch`` only rank 0 trains; the other ranks wait for it. A log line names the folder and
+    says whether its warm-up is reused or trained.
     """
     wdir = warmup_dir(run_dir)
     saved = _read_args(wdir)
     if saved is not None:
         _check_reusable(cfg, saved, wdir)
+        logger.info("warm-up: reusing the finished warm-up in %s (same target_* and warmup_* settings; another "
+                    "output_dir, or deleting the folder, trains a new one)", wdir)
         return wdir
 
     distributed, rank = _is_distributed()
@@ -175,6 +183,8 @@ def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = Tr
     if cfg.warmup_data is None:
         raise ValueError(f"warmup_data is not set and {wdir} holds no finished warm-up; set warmup_data to a chat jsonl")
     load_chat_samples(cfg.warmup_data)  # fail early, in this process, on a bad file
+    logger.info("warm-up: %s holds no finished warm-up; training one on %s (%d epochs)", wdir, cfg.warmup_data,
+                cfg.warmup_epochs)
     had_partial, had_accelerator = _accelerate_states()
     if distributed or had_accelerator:
         # The Trainer would join the process group / reuse the caller's Accelerator settings: isolate it.

@@ -11,6 +11,11 @@ item number, document id, rubric, teacher, strategy, seed and every verifier's v
 stopped), ``OUT.state.json`` (the resume checkpoint), ``OUT.rubrics.jsonl`` (rubrics a generator
 wrote, so a resumed run uses the same ones) and, with ``synth_write_rejected``, ``OUT.rejected.jsonl``.
 
+The summary counts items and rubrics apart: ``items_skipped`` counts items sent to no teacher, by reason
+(``rubric_unparseable``: the generator's rubric for the item's document did not parse); ``rubrics_generated`` /
+``rubrics_unparseable`` count the rubrics in ``OUT.rubrics.jsonl``, which a generator writes a whole pass over the
+documents at a time, so they include documents no item has reached yet.
+
 Work is a deterministic, endless sequence of items (item k -> document / seed sample, rubric, teacher
 seed), processed in chunks of at most ``synth_batch_size`` teacher queries. After each chunk the
 output is fsync'ed and the state (next item, output size, counts) replaced atomically; a rerun with
@@ -91,11 +96,11 @@ class FileSink:
     OUTPUT.rejected.jsonl), counts in the resume state; after each chunk the output is fsync'ed and then the
     state that points at it replaced atomically."""
 
-    def __init__(self, paths: dict[str, Path], state: dict, rubrics: RubricStream, *, num_samples: int,
+    def __init__(self, paths: dict[str, Path], state: dict, *, num_samples: int,
                  write_rejected: bool, progress: bool):
         from tqdm.auto import tqdm
 
-        self.paths, self.state, self.rubrics = paths, state, rubrics
+        self.paths, self.state = paths, state
         self.out = JsonlAppender(paths["output"], truncate_to=state["output_bytes"])
         self.rejected_out = (JsonlAppender(paths["rejected"], truncate_to=state["rejected_bytes"])
                              if write_rejected else None)
@@ -130,8 +135,7 @@ class FileSink:
 
     def save_counts(self) -> None:
         self.state.update(rejected=dict(self.rejected), rejected_by_verifier=dict(self.by_verifier),
-                          skipped=dict(self.skipped), rubrics_generated=self.rubrics.generated,
-                          rubrics_unparseable=self.rubrics.unparseable)
+                          skipped=dict(self.skipped))
 
     def checkpoint(self, cursor: Cursor) -> None:
         """Data first, then the state that points at it."""
@@ -191,7 +195,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         state = {"version": STATE_VERSION, "fingerprint": fingerprint, "strategy": choice.strategy,
                  "strategy_why": choice.why, "next_item": 0, "output_bytes": 0, "rejected_bytes": 0,
                  "queries": 0, "accepted": 0, "rejected": {}, "rejected_by_verifier": {}, "skipped": {},
-                 "surplus": 0, "rubrics_generated": 0, "rubrics_unparseable": 0, "elapsed_s": 0.0,
+                 "surplus": 0, "elapsed_s": 0.0,
                  "retry_items": [], "infrastructure_failures": 0}
         # Before the output exists: a run killed before its first checkpoint leaves a state at offset 0, so
         # the rerun resumes (truncating what was half-written) instead of refusing a file without a state.
@@ -237,9 +241,8 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         return SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]),
                                  max_document_chars=teacher_cfg.teacher_max_document_chars)
 
-    rubrics.generated, rubrics.unparseable = state["rubrics_generated"], state["rubrics_unparseable"]
     planner = ItemPlanner(docs, rubrics, seed=cfg.synth_seed, strategy=strategy, seed_samples=seeds)
-    sink = FileSink(paths, state, rubrics, num_samples=num_samples, write_rejected=cfg.synth_write_rejected,
+    sink = FileSink(paths, state, num_samples=num_samples, write_rejected=cfg.synth_write_rejected,
                     progress=cfg.synth_progress)
     cursor = Cursor(next_item=state["next_item"], queries=state["queries"],
                     retry_items=[list(r) for r in state.get("retry_items", [])],
@@ -260,7 +263,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
     summary = {
         "output": str(paths["output"]), "accepted": state["accepted"], "num_samples": num_samples,
         "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
-        "rejected_by_verifier": dict(by_verifier), "skipped": dict(skipped),
+        "rejected_by_verifier": dict(by_verifier), "items_skipped": dict(skipped),
         "queries_spent": state["queries"], "budget": budget, "stopped": stopped, "surplus": state["surplus"],
         "infrastructure_failures": state.get("infrastructure_failures", 0),
         "strategy": strategy, "strategy_why": state["strategy_why"],

@@ -103,19 +103,28 @@ class RubricStream:
 
     A generator source writes one rubric per document and epoch, lazily, and caches each epoch (in memory, and
     in ``cache_path`` when given, so a resumed run sees the same rubrics). ``generator`` is the loaded generator
-    (loaded from the source's SPEC on first use when None); ``generated`` / ``unparseable`` count its rubrics."""
+    (loaded from the source's SPEC on first use when None). ``generated`` / ``unparseable`` count the rubrics it
+    wrote for this run (the cached ones included): whole epochs, so also those of documents no item reached yet; an
+    item whose rubric did not parse is the planner's skip reason ``rubric_unparseable``."""
 
     def __init__(self, source: RubricSource, documents: list[dict], seed: int, *, generator=None,
                  batch_size: int | None = None, cache_path: Path | None = None):
         self.source, self.documents, self.seed = source, documents, seed
         self.generator, self.batch_size, self.cache_path = generator, batch_size, cache_path
-        self.generated = self.unparseable = 0
         self.epochs: dict[int, list[Rubric | None]] = {}
         if source.kind == "generator" and cache_path is not None and cache_path.exists():
             from ..jsonl import iter_jsonl
 
             for row in iter_jsonl(cache_path):
                 self.epochs[row["epoch"]] = [Rubric.from_dict(r) if r else None for r in row["rubrics"]]
+
+    @property
+    def generated(self) -> int:
+        return sum(len(rubrics) for rubrics in self.epochs.values())
+
+    @property
+    def unparseable(self) -> int:
+        return sum(r is None for rubrics in self.epochs.values() for r in rubrics)
 
     def forget(self) -> None:
         """Drop cached rubrics (a run that starts over)."""
@@ -138,8 +147,6 @@ class RubricStream:
                 rubrics = list(self.generator.generate(texts, seed=seed, **kwargs))
             if len(rubrics) != len(texts):
                 raise RuntimeError(f"rubric generator returned {len(rubrics)} rubrics for {len(texts)} documents")
-            self.generated += len(rubrics)
-            self.unparseable += sum(r is None for r in rubrics)
             self.epochs[epoch] = rubrics
             if self.cache_path is not None:
                 from ..jsonl import append_jsonl

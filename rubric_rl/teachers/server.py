@@ -34,16 +34,16 @@ from .base import TeacherRequest, TeacherResult
 
 logger = logging.getLogger(__name__)
 
-SERVE_EXTRA_HINT = ("rubric-rl serve-teacher needs the optional 'serve' extra (fastapi, uvicorn): "
-                    "pip install 'rubric-rl[serve]'")
-
 
 def _import_serve_deps():
+    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"{SERVE_EXTRA_HINT} ({err})") from err
+        from ..errors import missing_extra
+
+        raise missing_extra("serve-teacher", "serve", err) from err
     return fastapi, uvicorn
 
 
@@ -332,7 +332,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, *, served_model
     if api_key_env:
         api_key = os.environ.get(api_key_env)
         if not api_key:
-            raise ValueError(f"serve: environment variable {api_key_env!r} (api_key_env) is not set or empty")
+            from ..errors import UserError
+
+            raise UserError(f"serve: environment variable {api_key_env!r} (api_key_env) is not set or empty")
     teacher = build_local_teacher(model, documents=documents, dtype=dtype, device=device,
                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   batch_size=batch_size, trust_remote_code=trust_remote_code)

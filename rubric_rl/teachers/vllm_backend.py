@@ -12,17 +12,25 @@ from .base import TeacherRequest, TeacherResult
 
 logger = logging.getLogger(__name__)
 
-VLLM_EXTRA_HINT = ("teacher_backend='vllm' needs the optional 'vllm' extra: pip install 'rubric-rl[vllm]' "
-                   "(Linux + CUDA). Without a GPU, use teacher_backend='transformers', or run `vllm serve` / "
-                   "`rubric-rl serve-teacher` elsewhere and use teacher_backend='openai'.")
+VLLM_ADVICE = ("vLLM needs Linux + CUDA; without a GPU, use teacher_backend='transformers', or run `vllm serve` / "
+               "`rubric-rl serve-teacher` elsewhere and use teacher_backend='openai'")
+
+
+def require_vllm() -> None:
+    """Pre-flight: a :class:`~rubric_rl.errors.MissingExtra` unless vllm can be found (it is not imported)."""
+    from ..errors import require_extra
+
+    require_extra("teacher_backend='vllm'", "vllm", VLLM_ADVICE)
 
 
 def import_vllm():
-    """The ``vllm`` module, or an ImportError that says how to get it."""
+    """The ``vllm`` module, or a :class:`~rubric_rl.errors.MissingExtra` (an ImportError) that says how to get it."""
     try:
         import vllm
     except ImportError as err:
-        raise ImportError(f"{VLLM_EXTRA_HINT} ({err})") from err
+        from ..errors import missing_extra
+
+        raise missing_extra("teacher_backend='vllm'", "vllm", err, VLLM_ADVICE) from err
     return vllm
 
 
