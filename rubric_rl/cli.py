@@ -109,9 +109,19 @@ def cmd_score(argv):
     from .preflight import check_score
 
     check_score(run, sa, cfg)
-    summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
-                         selected_path=sa.selected)
-    print(json.dumps(summary, indent=1, default=str))
+    from .influence.selection import merge_file
+    from .influence.shards import launch_device, launched, resolve
+
+    num_shards, shard_index = resolve(sa.num_shards, sa.shard_index, sa.merge)
+    if sa.merge:
+        summary = merge_file(cfg, sa.samples, sa.output, num_shards, select_top=sa.select_top,
+                             selected_path=sa.selected, chunk_size=sa.chunk_size)
+    else:
+        summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
+                             selected_path=sa.selected, chunk_size=sa.chunk_size, num_shards=num_shards,
+                             shard_index=shard_index, device=launch_device(cfg))
+    if summary.get("merged", True) or launched() is None:  # under a launcher: the process that merged
+        print(json.dumps(summary, indent=1, default=str))
 
 
 def cmd_synthesize(argv):

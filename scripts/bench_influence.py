@@ -17,9 +17,12 @@
 * floor: one plain batched forward+backward (HF loss, LoRA gradients) over the same length-sorted batches.
 
 Checks that engine and reference give the same scores, prints samples/s of each, their ratio, peak RSS of
-each phase, and engine time / floor time. Example (CPU)::
+each phase (and on CUDA the peak GPU memory of engine and floor), and engine time / floor time. Timers wait
+for the device (``torch.cuda.synchronize``). Example (CPU)::
 
     python scripts/bench_influence.py --model tiny:hidden=512,layers=8,heads=8,seed=0 --n 64 --proj-dim 2048
+
+On a GPU (``scripts/gpu_check.sh`` runs this): ``--device cuda --dtype bfloat16 --skip-reference``.
 """
 
 from __future__ import annotations
@@ -160,6 +163,21 @@ class TrakBasicProjector:
         return sketch / self.dim**0.5
 
 
+def _sync(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a timer must not stop before it ends)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_cuda_peak(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peak_mb(device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if str(device).startswith("cuda") else None
+
+
 def _seconds(fn, *args) -> float:
     t0 = time.perf_counter()
     fn(*args)
@@ -173,6 +191,7 @@ def floor_time(scorer, samples) -> float:
     chats = [(k, tokenize_chat(scorer.tokenizer, m, scorer.cfg.influence_max_length)) for k, m in enumerate(samples)]
     batches = list(scorer._batches(chats))
     model = scorer.model
+    _sync(scorer.device)
     t0 = time.perf_counter()
     for i in range(len(scorer.checkpoints)):
         scorer._use_checkpoint(i)
@@ -181,6 +200,7 @@ def floor_time(scorer, samples) -> float:
             model.zero_grad(set_to_none=True)
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
     model.zero_grad(set_to_none=True)
+    _sync(scorer.device)
     return time.perf_counter() - t0
 
 
@@ -287,20 +307,27 @@ def main(argv=None) -> dict:
     ref_s = {k: float("inf") for k in refs}
     ref_scores: dict[str, torch.Tensor] = {}
     engine_peak = floor_peak = 0.0
+    engine_cuda = floor_cuda = None
     ref_peak = {k: 0.0 for k in refs}
     # Peak RSS is taken from the first round only (engine, then floor, then references): later rounds start
     # with memory the allocator kept from the reference's dense matrix.
     for r in range(a.repeat):
         reset_peak_rss()
+        reset_cuda_peak(scorer.device)
+        _sync(scorer.device)
         t = time.perf_counter()
         res = scorer.score(samples)
+        _sync(scorer.device)
         engine_s = min(engine_s, time.perf_counter() - t)
         engine_peak = engine_peak if r else peak_rss_mb()
+        engine_cuda = engine_cuda if r else cuda_peak_mb(scorer.device)
         engine = torch.tensor([x.value for x in res], dtype=torch.float64)
 
         reset_peak_rss()
+        reset_cuda_peak(scorer.device)
         fl = min(fl, floor_time(scorer, samples))
         floor_peak = floor_peak if r else peak_rss_mb()
+        floor_cuda = floor_cuda if r else cuda_peak_mb(scorer.device)
 
         for name, make in refs.items():
             fn = make()
@@ -326,8 +353,12 @@ def main(argv=None) -> dict:
         "engine_samples_per_s": round(a.n / engine_s, 3), "engine_over_floor": round(engine_s / fl, 2),
         "engine_s": round(engine_s, 2), "floor_s": round(fl, 2),
         "engine_peak_rss_mb": round(engine_peak), "floor_peak_rss_mb": round(floor_peak),
+        "device": str(scorer.device), "dtype": a.dtype, "influence_dtype": cfg.influence_dtype,
         "references": {},
     }
+    if engine_cuda is not None:
+        out["gpu"] = torch.cuda.get_device_name(scorer.device)
+        out["engine_cuda_peak_mb"], out["floor_cuda_peak_mb"] = round(engine_cuda), round(floor_cuda)
     ok = True
     for name in refs:
         ref = ref_scores[name]

@@ -630,6 +630,37 @@ def test_score_file_writes_every_line_in_order(world, tmp_path):
     assert [b["influence"] for b in best] == values[:2]
 
 
+def test_explicit_shards_merge_to_the_one_process_file(world, tmp_path):
+    """`--num_shards 2 --shard_index K` on the tiny target: the merged file (scores, top K, bad-format lines
+    with their FILE:LINE errors, a duplicate of a line in the other shard) is one process's, byte for byte."""
+    from rubric_rl.influence import score_file
+
+    rows = make_samples(14, 71)
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = "{not json"
+    lines[5] = json.dumps({"messages": [{"role": "user", "content": "q"}]})
+    lines[11] = lines[1]  # shard 1 repeats a line of shard 0
+    src = tmp_path / "cands.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+
+    def score(name, **kw):
+        out, top = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.top.jsonl"
+        summary = score_file(world["cfg"], world["run_dir"], src, out, select_top=3, selected_path=top,
+                             chunk_size=4, progress=False, **kw)
+        return summary, out, top
+
+    one, out1, top1 = score("one")
+    first, _, _ = score("two", num_shards=2, shard_index=1)
+    merged, out2, top2 = score("two", num_shards=2, shard_index=0)
+    assert first["merged"] is False and first["waiting_for"] == [0]
+    assert out2.read_bytes() == out1.read_bytes() and top2.read_bytes() == top1.read_bytes()
+    assert merged["shards"] == 2 and merged["unscored"] == one["unscored"] == {"bad_format": 1, "no_assistant_tokens": 1,
+                                                                               "duplicate": 1}
+    assert merged["influence_mean"] == one["influence_mean"] and merged["influence_std"] == one["influence_std"]
+    got = [json.loads(x) for x in out2.read_text().splitlines()]
+    assert f"{src}:3: " in got[2]["error"] and got[11]["duplicate_of"] == 2
+
+
 # ---------------------------------------------------------------------------------------------------
 # multi-process warm-up
 

@@ -5,6 +5,10 @@ that repeats an earlier line's messages exactly (``duplicate``, with ``duplicate
 written with ``influence: null`` and its reason and never reaches the scorer or the top K; the others are
 scored in chunks by :class:`~rubric_rl.influence.scorer.InfluenceScorer`. A sample longer than
 ``influence_max_length`` is scored on its first tokens and marked ``truncated: true``.
+
+Sharded (``num_shards`` > 1: ``accelerate launch``, or ``--num_shards N --shard_index K``), a process scores a
+run of whole chunks into shard files and the last shard to finish merges them into the file one process
+writes (:mod:`.shards`); :func:`merge_file` is ``--merge``.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ from ..data.chat import ChatFormatError, validate_messages
 from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
 from ..configs.influence import InfluenceConfig
+from . import shards
 from .scorer import BAD_FORMAT, InfluenceScorer, _tqdm
+from .warmup import wait_for_warmup
 
 logger = logging.getLogger("rubric_rl.influence.scorer")
 
 
 def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Path, output_path: str | Path,
                select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None) -> dict:
+               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None,
+               num_shards: int = 1, shard_index: int = 0, device: str | None = None) -> dict:
     """Score every line of a chat jsonl file (``rubric-rl score``).
 
     Args:
@@ -48,32 +55,49 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
         selected_path: where the top-K go (default: ``output_path`` with ``.top{K}`` before the suffix).
         chunk_size: lines scored per call of the scorer (memory bound, progress granularity).
         progress: show a tqdm bar with samples/s.
-        scorer: an already built scorer (else built from ``cfg``).
+        scorer: an already built scorer (else built from ``cfg``, on ``device`` if given).
+        num_shards, shard_index: score only shard ``shard_index`` of ``num_shards`` (a run of whole chunks) into
+            shard files beside ``output_path``; the shard that finds all shards finished merges them into
+            ``output_path`` and the top-K file, byte for byte what one process writes (:mod:`.shards`). A shard
+            other than 0 waits for the warm-up instead of running it.
 
     Returns a summary dict: counts (``total``, ``scored``, ``unscored`` per reason, ``truncated``),
     ``samples_per_s``, output paths, score statistics, and ``warmup``: the warm-up folder used and whether it was
-    ``reused`` or trained for this call (None for a given ``scorer``).
+    ``reused`` or trained for this call (None for a given ``scorer``). A shard that did not merge returns its own
+    counts with ``merged: false`` and the shards still missing.
     """
     samples_path, output_path = Path(samples_path), Path(output_path)
     if select_top is not None and select_top <= 0:
         raise ValueError(f"select_top must be > 0, got {select_top}")
     if select_top is not None and selected_path is None:
         selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
-    if scorer is None:
-        scorer = InfluenceScorer.from_config(cfg, run_dir, progress=progress)
-    scorer_progress, scorer.progress = scorer.progress, False  # one bar: this one
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in 0..{num_shards - 1}, got {shard_index}")
     with samples_path.open(encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    lo, hi, write_to = 0, len(lines), output_path
+    if num_shards > 1:
+        shard_id = shards.shard_key(cfg, samples_path, len(lines), chunk_size, select_top)
+        lo, hi = shards.shard_lines(len(lines), chunk_size, num_shards, shard_index)
+        shards.clear_shard(output_path, num_shards, shard_index)
+        write_to = shards.temporary_lines_path(output_path, num_shards, shard_index)
+        if scorer is None and shard_index > 0:
+            wait_for_warmup(cfg, run_dir)  # shard 0 runs it (as rank 0 does under a launcher)
+    if scorer is None:
+        scorer = InfluenceScorer.from_config(cfg, run_dir, progress=progress, device=device)
+    scorer_progress, scorer.progress = scorer.progress, False  # one bar: this one
     reasons: Counter = Counter()
     truncated = scored = 0
     values: list[float] = []
     top: list[tuple[float, int, str]] = []
     first_line: dict[str, int] = {}  # canonical messages -> the line number that had them first
     start = time.perf_counter()
-    bar = _tqdm(len(lines), "scoring", progress)
-    with output_path.open("w", encoding="utf-8") as out:
-        for c0 in range(0, len(lines), chunk_size):
+    bar = _tqdm(hi - lo, "scoring" if num_shards == 1 else f"scoring shard {shard_index} of {num_shards}", progress)
+    with shards.open_lines(write_to, remove_on_error=num_shards > 1) as out:
+        for c0 in range(0, hi, chunk_size):  # chunks before the shard's: only to know their lines' messages
             chunk = lines[c0:c0 + chunk_size]
             objs: list[dict | None] = []
             msgs: list[list | None] = []  # each line's messages (a line may be {"messages": [...]} or the list)
@@ -102,6 +126,8 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                         dup[j] = first_line[key]
                     else:
                         first_line[key] = c0 + j + 1
+            if c0 < lo:
+                continue
             idx = [j for j, m in enumerate(msgs) if m is not None and junk[j] is None and j not in dup]
             by_j = dict(zip(idx, scorer.score([msgs[j] for j in idx])))
             for j, obj in enumerate(objs):
@@ -141,32 +167,83 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     bar.close()
     scorer.progress = scorer_progress
     elapsed = time.perf_counter() - start
+    if num_shards == 1:
+        best = sorted(top, reverse=True)
+        if select_top is not None:
+            Path(selected_path).parent.mkdir(parents=True, exist_ok=True)
+            with Path(selected_path).open("w", encoding="utf-8") as fh:
+                for _, _, row in best:
+                    fh.write(row + "\n")
+        return _summary(cfg, samples_path, output_path, len(lines), scored, dict(reasons), truncated, values,
+                        elapsed, select_top and selected_path, len(best), warmup=getattr(scorer, "warmup", None))
+    record = {"key": shard_id, "first": lo, "end": hi, "scored": scored, "unscored": dict(reasons),
+              "truncated": truncated, "values": values, "top": [list(t) for t in top], "seconds": round(elapsed, 3)}
+    shards.finish_shard(output_path, num_shards, shard_index, write_to, record)
+    merged = shards.try_merge(output_path, num_shards, shard_id, selected_path)
+    if merged is None:
+        _, missing, stale = shards.survey(output_path, num_shards, shard_id)
+        waiting = sorted(missing + list(stale))
+        logger.info("shard %d of %d (lines %d-%d) written; %s", shard_index, num_shards, lo + 1, hi,
+                    f"waiting for shard(s) {waiting}: the last to finish merges them into {output_path}"
+                    if waiting else "another process merges them")
+        return {"input": str(samples_path), "output": str(output_path), "shard_index": shard_index,
+                "num_shards": num_shards, "lines": [lo + 1, hi], "scored": scored, "unscored": dict(reasons),
+                "truncated": truncated, "seconds": round(elapsed, 3), "merged": False, "waiting_for": waiting}
+    return _merged_summary(cfg, samples_path, output_path, len(lines), merged, select_top and selected_path,
+                          num_shards, warmup=getattr(scorer, "warmup", None))
+
+
+def merge_file(cfg: InfluenceConfig, samples_path: str | Path, output_path: str | Path, num_shards: int,
+               select_top: int | None = None, selected_path: str | Path | None = None, *,
+               chunk_size: int = 512) -> dict:
+    """``rubric-rl score --merge``: merge the finished shards of ``num_shards`` into ``output_path`` (and the
+    top-K file); a missing, stale or partial shard is an error naming it. Returns the summary."""
+    samples_path, output_path = Path(samples_path), Path(output_path)
+    if select_top is not None and selected_path is None:
+        selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
+    with samples_path.open(encoding="utf-8") as fh:
+        total = len(fh.read().splitlines())
+    key = shards.shard_key(cfg, samples_path, total, chunk_size, select_top)
+    merged = shards.try_merge(output_path, num_shards, key, selected_path, explicit=True)
+    return _merged_summary(cfg, samples_path, output_path, total, merged, select_top and selected_path, num_shards)
+
+
+def _merged_summary(cfg, samples_path, output_path, total: int, merged: dict, selected_path, num_shards: int, *,
+                    warmup: dict | None = None) -> dict:
+    """One process's summary from the merged shard records (its seconds: the slowest shard's), plus the shards'."""
+    seconds = max(merged["shard_seconds"], default=0.0)
+    summary = _summary(cfg, samples_path, output_path, total, merged["scored"], merged["unscored"],
+                       merged["truncated"], merged["values"], seconds, selected_path, merged["top_count"],
+                       warmup=warmup)
+    summary["shards"] = num_shards
+    summary["shard_seconds"] = merged["shard_seconds"]
+    return summary
+
+
+def _summary(cfg, samples_path, output_path, total: int, scored: int, unscored: dict, truncated: int,
+             values: list[float], elapsed: float, selected_path, selected_count: int, *,
+             warmup: dict | None = None) -> dict:
     summary = {
         "input": str(samples_path),
         "output": str(output_path),
-        "total": len(lines),
+        "total": total,
         "scored": scored,
-        "unscored": dict(reasons),
+        "unscored": unscored,
         "truncated": truncated,
         "seconds": round(elapsed, 3),
-        "samples_per_s": round(len(lines) / elapsed, 3) if elapsed > 0 else None,
+        "samples_per_s": round(total / elapsed, 3) if elapsed > 0 else None,
         "estimator": cfg.influence_estimator,
         "direction": cfg.influence_direction,
-        "warmup": getattr(scorer, "warmup", None),  # {"dir": RUN_DIR/warmup, "reused": true | false}
+        "warmup": warmup,  # {"dir": RUN_DIR/warmup, "reused": true | false}, None for a given scorer
     }
     if values:
         t = torch.tensor(values, dtype=torch.float64)
         summary["influence_mean"] = float(t.mean())
         summary["influence_std"] = float(t.std()) if len(values) > 1 else 0.0
         summary["influence_min"], summary["influence_max"] = float(t.min()), float(t.max())
-    if select_top is not None:
-        best = sorted(top, reverse=True)
-        Path(selected_path).parent.mkdir(parents=True, exist_ok=True)
-        with Path(selected_path).open("w", encoding="utf-8") as fh:
-            for _, _, row in best:
-                fh.write(row + "\n")
+    if selected_path:
         summary["selected"] = str(selected_path)
-        summary["selected_count"] = len(best)
+        summary["selected_count"] = selected_count
     if any(math.isnan(v) for v in values):  # pragma: no cover - results are finite by construction
         raise RuntimeError("NaN influence written")
     return summary

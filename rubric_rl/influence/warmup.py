@@ -198,6 +198,12 @@ def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = Tr
     return wdir
 
 
+def wait_for_warmup(cfg: InfluenceConfig, run_dir: str | Path) -> Path:
+    """Wait until ``RUN_DIR/warmup`` holds a finished warm-up (another process runs it: shard 0 of a sharded
+    ``score``); returns the folder. A finished warm-up made with other arguments is refused."""
+    return _wait_for_warmup(cfg, warmup_dir(run_dir))
+
+
 def _wait_for_warmup(cfg: InfluenceConfig, wdir: Path, poll_s: float = 2.0) -> Path:
     start = time.monotonic()
     last_log = start
@@ -205,7 +211,8 @@ def _wait_for_warmup(cfg: InfluenceConfig, wdir: Path, poll_s: float = 2.0) -> P
         time.sleep(poll_s)
         if time.monotonic() - last_log > 60:
             last_log = time.monotonic()
-            logger.info("waiting for rank 0 to finish the warm-up in %s (%.0f s)", wdir, last_log - start)
+            logger.info("waiting for rank 0 (or shard 0) to finish the warm-up in %s (%.0f s)", wdir,
+                        last_log - start)
     _check_reusable(cfg, saved, wdir)
     return wdir
 
