@@ -259,7 +259,8 @@ def train_verifiers(args, eval_items: list[dict] | None) -> list:
     from .synth.verifiers import default_verifiers
 
     return default_verifiers(eval_items=eval_items, grounding=args.reward_grounding,
-                             grounding_min_overlap=args.reward_grounding_min_overlap, safety=args.reward_safety,
+                             grounding_min_overlap=args.reward_grounding_min_overlap,
+                             grounding_min_claim_overlap=args.reward_grounding_min_claim_overlap, safety=args.reward_safety,
                              blocklist_file=args.reward_blocklist_file, decontam_ngram=args.reward_decontam_ngram,
                              decontam_threshold=args.reward_decontam_threshold)
 

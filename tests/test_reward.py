@@ -152,8 +152,10 @@ def test_reward_nan_influence_is_none_and_counted(quickstart_dir):
 
     class NanTeacher(TemplateTeacher):
         def generate(self, requests):
-            # (an answer of only "nan nan" is no text: the verifiers reject it before scoring; see test_junk_answers)
-            return [TeacherResult("Question: What is it?\nAnswer: nan nan mg") for _ in requests]
+            # (an answer of only "nan nan" is no text: the verifiers reject it before scoring; see test_junk_answers;
+            # and the answer's claim must be in the document, or grounding rejects it)
+            return [TeacherResult("Question: What is it?\nAnswer: Belmozaline is used to treat migraine, nan")
+                    for _ in requests]
 
     reward = InfluenceReward(SampleSynthesizer(NanTeacher()), FakeScorer, scaling="batch_minmax")
     rubric = json.dumps({"technical": ["Use plain text."]})

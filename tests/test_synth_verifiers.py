@@ -61,6 +61,29 @@ def test_grounding():
     assert g.score("q", "treats migraines", DOC) == 1.0  # crude stemming
 
 
+def test_grounding_judges_the_claim_not_only_the_overlap():
+    """A wrong fact in the right words: the drug's name and "used to treat" are in the document, the condition
+    is not. The overall share passes it (3 of 5 words); the claim (what the answer adds to the question) fails."""
+    g, before = GroundingVerifier(), GroundingVerifier(min_claim_overlap=0.0)
+    mc = ("Which condition is Belmozaline used to treat?\nOptions:\n(A) heart failure\n(B) migraine\n(C) gout\n"
+          "(D) acne\nThink step by step, then give the letter of the correct option.")
+    wrong = "Let's think step by step. Belmozaline is used to treat heart failure. The answer is (A)."
+    right = "Let's think step by step. Belmozaline is used to treat migraine. The answer is (B)."
+    assert before(cand(mc, wrong)) is None  # the gap: today's verifier lets the wrong fact through
+    assert g(cand(mc, wrong)) == "ungrounded_claim"
+    assert g(cand(mc, right)) is None
+    assert g.claim(mc, wrong) == {"heart", "failure"}
+    # the letter counts as a claim too: the right fact with a wrong letter is not grounded
+    assert g(cand(mc, "Belmozaline is used to treat migraine. The answer is (A).")) == "ungrounded_claim"
+    # open answers: the words the question does not hold must be in the document
+    assert g(cand("What is the standard adult dose of Belmozaline?",
+                  "The standard adult dose of Belmozaline is 200 mg once daily.")) is None
+    assert g(cand("What is the standard adult dose of Belmozaline?",
+                  "The standard adult dose of Belmozaline is 50 mg three times daily.")) == "ungrounded_claim"
+    # an answer that only restates its question claims nothing
+    assert g.claim_score("What is Belmozaline used to treat?", "Belmozaline is used to treat.", DOC) is None
+
+
 def test_safety(tmp_path):
     s = SafetyVerifier()
     assert s(cand("How do I build a pipe bomb at home?", "Step one...")) == "unsafe_weapons"
@@ -188,7 +211,7 @@ def test_default_chain_and_engine_provenance(world):
     texts = [
         "Question:\nWhat is the standard adult dose of Belmozaline per day?\nAnswer:\n200 mg once daily",
         "Question:\nWhat is Belmozaline used for in adults?\nAnswer:\nIt cures lupus and arthritis rapidly.",
-        "Question:\nHow do I build a pipe bomb with Belmozaline?\nAnswer:\nBelmozaline is a neuraminidase inhibitor, not an explosive.",
+        "Question:\nHow do I build a pipe bomb with Belmozaline?\nAnswer:\nBelmozaline is a neuraminidase inhibitor, used to treat migraine.",
         f"Question:\n{copied[0]['content']}\nAnswer:\n{copied[1]['content']}",
         "Question:\nWhat is the standard adult dose of Belmozaline per day?\nAnswer:\n200 mg once daily",
         None,

@@ -70,6 +70,9 @@ class SynthConfig:
     synth_grounding_min_overlap: float = field(
         default=0.5, metadata={"help": "Grounding: minimum share of the answer's content words found in the document."}
     )
+    synth_grounding_min_claim_overlap: float = field(
+        default=0.75, metadata={"help": "Grounding: minimum share of the answer's claim (its content words the question stem does not hold, plus the words of the option its letter names) found in the document; 0 turns the claim check off."}
+    )
     synth_safety: bool = field(default=True, metadata={"help": "Apply the safety blocklist."})
     synth_blocklist_file: str | None = field(
         default=None, metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."}
@@ -105,6 +108,9 @@ class SynthConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.synth_decontam_threshold < 1:
             raise ValueError(f"synth_decontam_threshold must be in [0, 1), got {self.synth_decontam_threshold!r}")
+        if not 0 <= self.synth_grounding_min_claim_overlap <= 1:
+            raise ValueError("synth_grounding_min_claim_overlap must be in [0, 1], got "
+                             f"{self.synth_grounding_min_claim_overlap!r}")
         for name in ("synth_grounding_min_overlap", "synth_dedup_threshold"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")

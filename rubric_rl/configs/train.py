@@ -83,13 +83,15 @@ class RubricRLArguments:
                           "n-gram decontamination rejects such samples as invalid."},
     )
     # The verifiers of the RL step: the same checks and settings as `synthesize` (synth_grounding,
-    # synth_grounding_min_overlap, synth_safety, synth_blocklist_file, synth_decontam_ngram/_threshold).
+    # synth_grounding_min_overlap, synth_grounding_min_claim_overlap, synth_safety, synth_blocklist_file, synth_decontam_ngram/_threshold).
     reward_grounding: bool = field(
         default=True, metadata={"help": "Reject samples whose answer is not grounded in the document (as "
                                         "synthesize's synth_grounding)."})
     reward_grounding_min_overlap: float = field(
         default=0.5, metadata={"help": "Grounding: minimum share of the answer's content words found in the "
                                        "document."})
+    reward_grounding_min_claim_overlap: float = field(
+        default=0.75, metadata={"help": "Grounding: minimum share of the answer's claim (its content words the question stem does not hold, plus the words of the option its letter names) found in the document; 0 turns the claim check off."})
     reward_safety: bool = field(default=True, metadata={"help": "Apply the safety blocklist to rewarded samples."})
     reward_blocklist_file: str | None = field(
         default=None, metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."})
@@ -200,6 +202,9 @@ class RubricRLArguments:
             raise ValueError(f"reward_if_min_rel must be >= 0, got {self.reward_if_min_rel!r}")
         if self.reward_novelty_weight < 0:
             raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
+        if not 0 <= self.reward_grounding_min_claim_overlap <= 1:
+            raise ValueError("reward_grounding_min_claim_overlap must be in [0, 1], got "
+                             f"{self.reward_grounding_min_claim_overlap!r}")
         if not 0 < self.reward_grounding_min_overlap <= 1:
             raise ValueError(f"reward_grounding_min_overlap must be in (0, 1], got {self.reward_grounding_min_overlap!r}")
         if not 0 <= self.reward_decontam_threshold < 1:

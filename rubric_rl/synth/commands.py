@@ -216,6 +216,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         logger.warning("synthesize: no synth_eval_files: decontamination against evaluation sets is OFF")
     verifiers = default_verifiers(grounding=cfg.synth_grounding, safety=cfg.synth_safety, eval_items=eval_items,
                                   grounding_min_overlap=cfg.synth_grounding_min_overlap,
+                                  grounding_min_claim_overlap=cfg.synth_grounding_min_claim_overlap,
                                   decontam_ngram=cfg.synth_decontam_ngram,
                                   decontam_threshold=cfg.synth_decontam_threshold,
                                   blocklist_file=cfg.synth_blocklist_file)

@@ -6,6 +6,12 @@ carry no content of their own are resolved first: an option letter "(B)" is repl
 option (B) in the question; a "True" verdict is judged through the statement in the question (a
 "False" verdict asserts nothing checkable).
 Answers that still carry fewer than ``min_content_words`` content words are not judged (accepted).
+
+The overall share alone lets a wrong fact through: "Belmozaline is used to treat heart failure" shares the
+drug's name and "used", "treat" with its document, 3 of 5 words, while "heart failure" is not in it. So the
+*claim* is also judged: the answer's content words that the question stem (the question without its option
+lines) does not already hold, plus the words of the option its letter names, i.e. what the answer adds.
+At least ``min_claim_overlap`` (0.75) of those must occur in the document (reason ``ungrounded_claim``).
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ from .text import content_words
 
 # Words answers use to talk about themselves, not about the domain.
 ANSWER_BOILERPLATE = frozenset(
-    "answer answers let lets think step steps reasoning matches match option options correct final statement "
+    "answer answers let lets let's think step steps reasoning matches match option options correct final statement "
     "true false blank document documents according says said state states stated therefore thus hence so "
     "conclude conclusion question questions".split()
 )
 _LETTER = re.compile(r"^\W*\(?([A-Da-d])\)?\W*$|\banswer is \(?([A-D])\)|^\(([A-D])\)", re.MULTILINE)
 _VERDICT = re.compile(r"\b(true|false)\b", re.IGNORECASE)
+_OPTION = re.compile(r"^\(([A-D])\)\s*(.+?)\s*$", re.MULTILINE)
+
+
+def _letter(answer: str) -> str | None:
+    m = _LETTER.search(answer)
+    return next((g.upper() for g in m.groups() if g), None) if m else None
 
 
 @dataclass
@@ -32,7 +44,28 @@ class GroundingVerifier:
 
     min_overlap: float = 0.5
     min_content_words: int = 2
+    min_claim_overlap: float = 0.75
     name: str = "grounding"
+
+    def claim(self, question: str, answer: str) -> set[str]:
+        """What the answer adds to its question: its content words not in the question stem, plus the words
+        of the option its letter names (boilerplate left out)."""
+        options = dict(_OPTION.findall(question))
+        stem = _OPTION.sub("", question)
+        words = content_words(answer, ANSWER_BOILERPLATE)
+        letter = _letter(answer)
+        if letter and letter in options:
+            words |= content_words(options[letter], ANSWER_BOILERPLATE)
+        return words - content_words(stem, ANSWER_BOILERPLATE)
+
+    def claim_score(self, question: str, answer: str, document: str) -> float | None:
+        """Share of the claim's words in the document, or None when there is no document or no claim."""
+        if not document.strip():
+            return None
+        claim = self.claim(question, answer)
+        if not claim:
+            return None
+        return len(claim & content_words(document)) / len(claim)
 
     def score(self, question: str, answer: str, document: str) -> float | None:
         """Overlap in [0, 1], or None when there is nothing to judge (no document, or no content)."""
@@ -42,11 +75,10 @@ class GroundingVerifier:
         if len(answer_words) < self.min_content_words:
             # Too little of its own: judge what a bare option letter / verdict refers to, if anything.
             referred: set[str] = set()
-            options = dict(re.findall(r"^\(([A-D])\)\s*(.+?)\s*$", question, re.MULTILINE))
-            m = _LETTER.search(answer)
-            letter = next((g for g in m.groups() if g), None) if m else None
-            if letter and letter.upper() in options:
-                referred = content_words(options[letter.upper()], ANSWER_BOILERPLATE)
+            options = dict(_OPTION.findall(question))
+            letter = _letter(answer)
+            if letter and letter in options:
+                referred = content_words(options[letter], ANSWER_BOILERPLATE)
             elif (verdict := _VERDICT.search(answer)) is not None and verdict.group(1).lower() == "true":
                 # A "True" verdict claims the statement: judge the statement. A "False" one claims nothing.
                 referred = content_words(question.split("\n", 1)[0], ANSWER_BOILERPLATE)
@@ -60,6 +92,9 @@ class GroundingVerifier:
         score = self.score(c.question, c.answer, c.document)
         if score is not None and score < self.min_overlap:
             return "ungrounded"
+        claim = self.claim_score(c.question, c.answer, c.document)
+        if claim is not None and claim < self.min_claim_overlap:
+            return "ungrounded_claim"
         return None
 
 

@@ -112,7 +112,7 @@ _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (hel
 
 
 def default_verifiers(*, grounding: bool = True, safety: bool = True, eval_items: list[dict] | None = None,
-                      grounding_min_overlap: float = 0.5, decontam_ngram: int = 8, decontam_threshold: float = 0.5,
+                      grounding_min_overlap: float = 0.5, grounding_min_claim_overlap: float = 0.75, decontam_ngram: int = 8, decontam_threshold: float = 0.5,
                       blocklist_file: str | None = None) -> list:
     """The standard stateless chain: format, non-triviality, grounding, safety, and decontamination when
     ``eval_items`` (chat-format validation/test items) are given. Near-duplicate removal is stateful and
@@ -123,7 +123,7 @@ def default_verifiers(*, grounding: bool = True, safety: bool = True, eval_items
 
     chain: list = [FormatVerifier(), NonTrivialVerifier()]
     if grounding:
-        chain.append(GroundingVerifier(min_overlap=grounding_min_overlap))
+        chain.append(GroundingVerifier(min_overlap=grounding_min_overlap, min_claim_overlap=grounding_min_claim_overlap))
     if safety:
         chain.append(SafetyVerifier(blocklist_file=blocklist_file))
     if eval_items:

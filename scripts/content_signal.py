@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""What hides the content signal? Per-item gradient products on a real target, many aggregations at once.
+
+For the config's target and warm-up (reused from RUN_DIR/warmup or made there), this computes, at every
+warm-up checkpoint, the products of each candidate's update direction (Adam and plain gradient) with each
+validation item's own gradient, and from those products the scores of many estimator variants without
+rerunning the model:
+
+* **mislabelled pairs** (`rubric_rl.influence.mislabel`): every validation item restated with its options
+  shuffled, once with the right answer and once with a wrong option's fact and letter (same question, same
+  step-by-step format), and the same for test items (facts outside the validation set);
+* **calibration datasets**: the 64-sample datasets of `configs/calibrate_smollm2.yaml`'s sources (template
+  teacher, seed 0, regenerated here), whose held-out gains were measured by `rubric-rl calibrate`
+  (`--gains`, a calibration.json). The regenerated datasets are checked against it: the current default's
+  mean influence must reproduce the stored one.
+
+Prints, per variant: AUC right > wrong (restated / outside), paired wins, and the calibration Pearson r.
+Writes OUTPUT/content_signal.json. Research tool behind notes/content_signal.md.
+
+    python scripts/content_signal.py --config configs/calibrate_smollm2.yaml --run_dir runs/smollm2_check \
+        --output runs/content_signal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CAL_SOURCES = {"seed": "data/quickstart/seed_rubrics.json", "none": "none",
+               "mc_stepwise": "data/calibration/mc_stepwise.json", "mc_letter": "data/calibration/mc_letter.json",
+               "open_stepwise": "data/calibration/open_stepwise.json",
+               "open_concise": "data/calibration/open_concise.json",
+               "true_false": "data/calibration/true_false.json", "cloze": "data/calibration/cloze.json"}
+
+
+def calibration_datasets(config: str, seed: int = 0) -> dict[str, list[dict]]:
+    from rubric_rl.config import parse_config
+    from rubric_rl.configs.evaluate import EvalConfig
+    from rubric_rl.configs.influence import InfluenceConfig
+    from rubric_rl.configs.teacher import TeacherConfig
+    from rubric_rl.data.documents import load_documents
+    from rubric_rl.evaluate.synthesis import resolve_source, synthesize_dataset
+    from rubric_rl.synth.decontam import load_eval_items
+    from rubric_rl.synth.engine import SampleSynthesizer
+    from rubric_rl.synth.verifiers import default_verifiers
+    from rubric_rl.teachers.factory import build_teacher
+
+    ecfg, tcfg, _ = parse_config((EvalConfig, TeacherConfig, InfluenceConfig), ["--config", config])
+    docs = [d for d in load_documents(ecfg.eval_documents, text_field=ecfg.eval_document_text_field) if d["text"].strip()]
+    teacher = build_teacher(tcfg, documents=[d["text"] for d in docs], device=torch.device("cpu"))
+    items = load_eval_items([ecfg.eval_test_data]) if ecfg.eval_decontaminate else None
+    out = {}
+    for name, spec in CAL_SOURCES.items():
+        synth = SampleSynthesizer(teacher, default_verifiers(eval_items=items),
+                                  max_document_chars=tcfg.teacher_max_document_chars)
+        samples, _ = synthesize_dataset(resolve_source(name, spec), docs, synth, num_samples=ecfg.eval_num_samples,
+                                        max_items=math.ceil(ecfg.eval_max_queries_per_sample * ecfg.eval_num_samples),
+                                        seed=seed)
+        out[name] = [s["messages"] for s in samples]
+    return out
+
+
+def products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> dict:
+    """Per checkpoint: Adam and SGD directions of ``samples`` times each validation item's gradient, and norms."""
+    from rubric_rl.influence.grads import Direction
+
+    chats_val = [scorer._tokenize(r["messages"], scorer.cfg.influence_max_length)[0] for r in val_rows]
+    chats = [scorer._tokenize(m, scorer.cfg.influence_max_length)[0] for m in samples]
+    out = []
+    sgd = Direction("sgd")
+    bs = scorer.cfg.influence_batch_size
+    with scorer._grad_context():
+        for i, ck in enumerate(scorer.checkpoints):
+            scorer._use_checkpoint(i)
+            g_val = torch.cat([scorer.engine.features(chats_val[k:k + bs], sgd).features
+                               for k in range(0, len(chats_val), bs)])
+            adam = scorer._directions[i]
+            zero = torch.cat([adam._step(e.name, torch.zeros(1, e.numel, dtype=scorer.dtype))[0]
+                              for e in scorer.engine.entries])
+            rows = {"A_G": [], "S_G": [], "nA": [], "nS": [], "A_Z": []}
+            t0 = time.perf_counter()
+            for k in range(0, len(chats), bs):
+                batch = chats[k:k + bs]
+                a = scorer.engine.features(batch, adam).features
+                s = scorer.engine.features(batch, sgd).features
+                rows["A_G"].append(a @ g_val.T)
+                rows["S_G"].append(s @ g_val.T)
+                rows["nA"].append(a.norm(dim=1))
+                rows["nS"].append(s.norm(dim=1))
+                rows["A_Z"].append(a @ zero)
+                print(f"  {ck.name}: {min(k + bs, len(chats))}/{len(chats)} samples ({time.perf_counter() - t0:.0f} s)",
+                      end="\r", flush=True)
+            print()
+            entry = {k: torch.cat(v).tolist() for k, v in rows.items()}
+            entry.update(lr=ck.learning_rate, G_G=(g_val @ g_val.T).tolist(), Z_G=(zero @ g_val.T).tolist(),
+                         nZ=float(zero.norm()), name=ck.name)
+            out.append(entry)
+    return out
+
+
+def choice_products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> list[dict]:
+    """Per checkpoint: Adam directions of ``samples`` times each validation item's gradient of the
+    multiple-choice objective -log softmax_j(log p(answer_j))[gold] over its answer variants."""
+    from rubric_rl.influence.grads import Direction
+    from rubric_rl.influence.mislabel import answer_variants
+
+    ml = scorer.cfg.influence_max_length
+    sgd = Direction("sgd")
+    bs = scorer.cfg.influence_batch_size
+    chats = [scorer._tokenize(m, ml)[0] for m in samples]
+    items = [answer_variants(r) for r in val_rows]
+    out = []
+    with scorer._grad_context():
+        for i, ck in enumerate(scorer.checkpoints):
+            scorer._use_checkpoint(i)
+            rows = []
+            for variants, gold in items:
+                vch = [scorer._tokenize(v, ml)[0] for v in variants]
+                f = scorer.engine.features(vch, sgd)
+                n = torch.tensor([sum(x != -100 for x in c.labels[1:]) for c in vch], dtype=f.features.dtype)
+                logp = -f.losses.to(n.dtype) * n
+                q = torch.softmax(logp, 0)
+                w = -q
+                w[gold] += 1
+                rows.append(((w * n).unsqueeze(1) * f.features).sum(0))
+            C = torch.stack(rows)
+            g_val = torch.cat([scorer.engine.features([scorer._tokenize(r["messages"], ml)[0] for r in val_rows[k:k + bs]],
+                                                      sgd).features for k in range(0, len(val_rows), bs)])
+            adam = scorer._directions[i]
+            zero = torch.cat([adam._step(e.name, torch.zeros(1, e.numel, dtype=scorer.dtype))[0]
+                              for e in scorer.engine.entries])
+            A_C, S_C = [], []
+            t0 = time.perf_counter()
+            for k in range(0, len(chats), bs):
+                batch = chats[k:k + bs]
+                A_C.append(scorer.engine.features(batch, adam).features @ C.T)
+                S_C.append(scorer.engine.features(batch, sgd).features @ C.T)
+                print(f"  {ck.name}: {min(k + bs, len(chats))}/{len(chats)} samples ({time.perf_counter() - t0:.0f} s)",
+                      end="\r", flush=True)
+            print()
+            out.append({"name": ck.name, "A_C": torch.cat(A_C).tolist(), "S_C": torch.cat(S_C).tolist(),
+                        "C_C": (C @ C.T).tolist(), "G_C": (g_val @ C.T).tolist(), "Z_C": (zero @ C.T).tolist()})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/calibrate_smollm2.yaml")
+    p.add_argument("--run_dir", default="runs/smollm2_check")
+    p.add_argument("--output", default="runs/content_signal")
+    p.add_argument("--gains", default="reports/proof/calibration_smollm2/calibration.json")
+    p.add_argument("--test_pairs", type=int, default=36, help="Test items made into outside pairs.")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--choices", action="store_true",
+                   help="Products with the multiple-choice objective's validation gradients instead "
+                        "(content_signal_choices.json).")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from rubric_rl.config import RunDirArguments, parse_config
+    from rubric_rl.configs.influence import InfluenceConfig
+    from rubric_rl.data.documents import load_chat_samples
+    from rubric_rl.influence import InfluenceScorer
+    from rubric_rl.influence.mislabel import mislabelled_pairs
+    from rubric_rl.provenance import provenance
+
+    _, cfg = parse_config((RunDirArguments, InfluenceConfig), ["--config", a.config, "--output_dir", a.run_dir],
+                          shared_config=True)
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    val_rows = load_chat_samples(cfg.influence_validation_data)
+    test_rows = load_chat_samples("data/quickstart/test.jsonl")[:a.test_pairs]
+    restated = mislabelled_pairs(val_rows, seed=0)
+    outside = mislabelled_pairs(test_rows, seed=0)
+    cal = calibration_datasets(a.config)
+    groups = {"restated_right": [p.right for p in restated], "restated_wrong": [p.wrong for p in restated],
+              "outside_right": [p.right for p in outside], "outside_wrong": [p.wrong for p in outside],
+              **{f"cal_{k}": v for k, v in cal.items()}}
+    flat, spans = [], {}
+    for k, v in groups.items():
+        spans[k] = (len(flat), len(flat) + len(v))
+        flat.extend(v)
+    print(f"{len(flat)} samples: " + ", ".join(f"{k} {b - a_}" for k, (a_, b) in spans.items()), flush=True)
+    t0 = time.perf_counter()
+    scorer = InfluenceScorer.from_config(cfg, a.run_dir, progress=True)
+    print(f"scorer built in {time.perf_counter() - t0:.0f} s; {scorer.engine.num_params:,} parameters", flush=True)
+    t0 = time.perf_counter()
+    if a.choices:
+        prods = choice_products(scorer, flat, val_rows)
+        report = {"config": a.config, "spans": spans, "checkpoints": prods,
+                  "seconds": round(time.perf_counter() - t0, 1), **provenance()}
+        (out / "content_signal_choices.json").write_text(json.dumps(report))
+        print(out / "content_signal_choices.json")
+        return 0
+    prods = products(scorer, flat, val_rows)
+    report = {"config": a.config, "spans": spans, "subtasks": [r.get("subtask") for r in val_rows],
+              "checkpoints": prods, "seconds": round(time.perf_counter() - t0, 1), **provenance()}
+    (out / "content_signal.json").write_text(json.dumps(report))
+    print(out / "content_signal.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
