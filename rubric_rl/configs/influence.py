@@ -13,6 +13,8 @@ ESTIMATORS = ("less", "dot")
 DIRECTIONS = ("adam", "adam_less", "sgd")
 DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
 COMPUTE_DTYPES = ("float32", "float64")
+# The validation objective whose first-order decrease the score predicts (influence/choices.py).
+OBJECTIVES = ("tokens+choices", "tokens", "choices")
 
 # Rows of the projection generated from one (seed, tile) pair. Fixed, so that the projection does
 # not depend on how it is chunked in memory (see projection.py).
@@ -100,6 +102,16 @@ class InfluenceConfig:
         default="subtask",
         metadata={"help": "Validation field naming the subtask; scores are averaged inside a subtask and the max "
                           "is taken across subtasks. Lines without it form one subtask."},
+    )
+    influence_objective: str = field(
+        default="tokens+choices",
+        metadata={"help": "The validation objective whose decrease the score predicts: 'tokens' (the mean "
+                          "cross-entropy of each item's answer tokens), 'choices' (for multiple-choice items: "
+                          "-log softmax over the item's answer variants, one per option, of the gold one; "
+                          "format-blind, it sees only the fact and letter that tell right from wrong), or "
+                          "'tokens+choices' (default: their sum, items without choices add their token loss "
+                          "only). With 'tokens' alone the reward scores a wrong answer like a right one of the "
+                          "same format (mislabelled-pair AUC 0.51 on SmolLM2-135M; notes/content_signal.md)."},
     )
     influence_estimator: str = field(
         default="dot",
@@ -195,6 +207,7 @@ class InfluenceConfig:
         _positive("warmup_weight_decay", self.warmup_weight_decay, allow_zero=True)
         if not self.influence_subtask_field:
             raise ValueError(f"influence_subtask_field must be a non-empty string, got {self.influence_subtask_field!r}")
+        _choice("influence_objective", self.influence_objective, OBJECTIVES)
         _choice("influence_estimator", self.influence_estimator, ESTIMATORS)
         _choice("influence_direction", self.influence_direction, DIRECTIONS)
         _positive("influence_proj_dim", self.influence_proj_dim, allow_zero=True)

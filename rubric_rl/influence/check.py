@@ -55,22 +55,49 @@ def _losses(model, chats, pad_token_id: int, device, batch_size: int = 8) -> lis
     return out
 
 
-def aggregate(losses: Sequence[float], subtasks: Sequence[str]) -> dict[str, float]:
+def objective_losses(model, tokenizer, validation: Sequence[dict], *, objective: str = "tokens+choices",
+                     max_length: int = 1024, device="cpu") -> list[float]:
+    """Each validation item's value of the objective the estimator predicts (``influence_objective``): its
+    answer-token loss, its choice loss over its K continuations (items without choices: 0), or their sum.
+    Items that are not scored by the objective (no choices under ``choices``) get None."""
+    from .choices import choice_chats, choice_losses
+
+    pad = tokenizer.pad_token_id
+    out = [0.0] * len(validation)
+    if "tokens" in objective:
+        chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation]
+        out = _losses(model, chats, pad, device)
+    for k, r in enumerate(validation):
+        made = choice_chats(tokenizer, r, max_length) if "choices" in objective else None
+        if made is None:
+            if objective == "choices":
+                out[k] = None
+            continue
+        chats = made[0]
+        n = torch.tensor([sum(x != IGNORE_INDEX for x in c.labels[1:]) for c in chats], dtype=torch.float64)
+        logp = -torch.tensor(_losses(model, chats, pad, device), dtype=torch.float64) * n
+        out[k] += float(choice_losses(logp, made[1]))
+    return out
+
+
+def aggregate(losses: Sequence[float | None], subtasks: Sequence[str]) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for x, s in zip(losses, subtasks):
-        groups.setdefault(s, []).append(x)
+        if x is not None:
+            groups.setdefault(s, []).append(x)
     return {s: sum(v) / len(v) for s, v in groups.items()}
 
 
 def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dict]], validation: Sequence[dict], *,
                      lr: float, max_length: int = 1024, subtask_field: str = "subtask", device="cpu",
-                     progress: bool = False) -> dict:
+                     progress: bool = False, objective: str = "tokens") -> dict:
     """Validation-loss decrease after one real Adam step on each candidate alone, at ``checkpoint``.
 
     ``model`` is the peft model; its trainable parameters are set to the checkpoint's adapter weights and
     restored after every trial. Returns ``{"max_subtask": [...], "mean": [...], "base_loss": float}``: the
     decrease of the max-over-subtasks of the per-subtask mean loss decrease (the estimator's aggregation)
-    and of the plain mean loss, one entry per candidate, larger = more helpful.
+    and of the plain mean loss, one entry per candidate, larger = more helpful. The loss is the validation
+    objective ``objective`` (:func:`objective_losses`; ``tokens``: the answer-token loss).
     """
     from peft import set_peft_model_state_dict
     from tqdm.auto import tqdm
@@ -80,11 +107,16 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     saved = {n: p.detach().clone() for n, p in params}
     pad = tokenizer.pad_token_id
-    val_chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation]
     subtasks = [str(r.get(subtask_field, "")) if r.get(subtask_field) is not None else "" for r in validation]
-    base = _losses(model, val_chats, pad, device)
+
+    def losses():
+        return objective_losses(model, tokenizer, validation, objective=objective, max_length=max_length,
+                                device=device)
+
+    base = [x for x in losses()]
     base_sub = aggregate(base, subtasks)
-    out = {"max_subtask": [], "mean": [], "base_loss": sum(base) / len(base)}
+    used = [k for k, x in enumerate(base) if x is not None]
+    out = {"max_subtask": [], "mean": [], "base_loss": sum(base[k] for k in used) / len(used)}
     bar = tqdm(candidates, desc=f"real Adam steps ({checkpoint.name})", disable=not progress, unit="sample")
     for messages in bar:
         chat = tokenize_chat(tokenizer, messages, max_length)
@@ -109,10 +141,10 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
             loss.backward()
         opt.step()
         model.zero_grad(set_to_none=True)
-        after = _losses(model, val_chats, pad, device)
+        after = losses()
         after_sub = aggregate(after, subtasks)
         out["max_subtask"].append(max(base_sub[s] - after_sub[s] for s in base_sub))
-        out["mean"].append(sum(base) / len(base) - sum(after) / len(after))
+        out["mean"].append(sum(base[k] - after[k] for k in used) / len(used))
         with torch.no_grad():
             for n, p in params:
                 p.copy_(saved[n])

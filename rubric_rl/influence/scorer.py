@@ -35,6 +35,7 @@ import torch
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
+from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
 from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup, warmup_finished
@@ -221,6 +222,7 @@ class InfluenceScorer:
             "kind": "validation_gradients",
             "validation_sha256": file_sha256(val_path),  # contents, not the path: moving the file keeps the cache
             "subtask_field": cfg.influence_subtask_field,
+            "objective": cfg.influence_objective,
             "checkpoint": ckpt.name,
             "checkpoint_adapter_sha256": file_sha256(ckpt.path / "adapter_model.safetensors"),
             "target_model_name_or_path": cfg.target_model_name_or_path,
@@ -294,14 +296,26 @@ class InfluenceScorer:
         sums = torch.zeros(len(names), self.dim, dtype=self.dtype, device=self.device)
         sums_unit = torch.zeros_like(sums)
         counts = torch.zeros(len(names), dtype=self.dtype, device=self.device)
-        chats = []
+        objective = self.cfg.influence_objective
+        # (subtask, tokenised gold answer or None, (tokenised choice continuations, gold) or None) per usable item
+        items = []
         for r in rows:
-            chat, reason = self._tokenize(r["messages"], self.cfg.influence_max_length)
-            if reason is None:
-                chats.append((index[str(r.get(field)) if r.get(field) is not None else ""], chat))
+            sub = index[str(r.get(field)) if r.get(field) is not None else ""]
+            chat = reason = None
+            if "tokens" in objective:
+                chat, reason = self._tokenize(r["messages"], self.cfg.influence_max_length)
+            choice = (choice_chats(self.tokenizer, r, self.cfg.influence_max_length)
+                      if "choices" in objective else None)
+            if objective == "choices" and choice is not None:
+                items.append((sub, None, choice))
+            elif objective != "choices" and reason is None:
+                items.append((sub, chat, choice))
+        if objective == "choices" and not items:
+            raise ValueError("influence_objective 'choices' needs multiple-choice validation items (messages with "
+                             "an 'Options:' block of '(A) ...' lines, 'choices', 'answer'); none found")
         self._use_checkpoint(i)
         sgd = Direction("sgd")
-        bar = _tqdm(len(chats), f"validation gradients ({self.checkpoints[i].name})", self.progress)
+        bar = _tqdm(len(items), f"validation gradients ({self.checkpoints[i].name})", self.progress)
         pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
         def flush():
@@ -313,11 +327,30 @@ class InfluenceScorer:
                 counts.index_add_(0, sub, torch.ones(len(sub), dtype=self.dtype, device=self.device))
             pending.clear()
 
+        # An item's row is the gradient of its objective: its token loss's (one batched backward over the gold
+        # answers) plus its choice loss's (one backward over its K continuations). Both are plain gradients
+        # in the engine's output space (projected or not), so they add.
         with self._grad_context():
-            for batch in self._batches(chats):
-                out = self.engine.features([c for _, c in batch], sgd)
-                sub = torch.tensor([k for k, _ in batch], device=self.device)
-                pending.append((sub, out.finite, out.features))
+            if objective == "choices":
+                batches = [items[k:k + self.cfg.influence_batch_size]
+                           for k in range(0, len(items), self.cfg.influence_batch_size)]
+            else:
+                batches = list(self._batches([(k, it[1]) for k, it in enumerate(items)]))
+                batches = [[items[k] for k, _ in b] for b in batches]
+            for batch in batches:
+                if objective == "choices":
+                    feats = torch.zeros(len(batch), self.engine.dim, dtype=self.dtype, device=self.device)
+                    ok = torch.ones(len(batch), dtype=torch.bool, device=self.device)
+                else:
+                    out = self.engine.features([chat for _, chat, _ in batch], sgd)
+                    feats, ok = out.features, out.finite
+                for b, (_, _, choice) in enumerate(batch):
+                    if choice is not None:
+                        row, good = choice_gradient(self.engine, choice[0], choice[1], sgd)
+                        feats[b] += row[0]
+                        ok[b] &= good
+                sub = torch.tensor([it[0] for it in batch], device=self.device)
+                pending.append((sub, ok, feats))
                 if sum(len(p[0]) for p in pending) >= self._buffer_rows:
                     flush()
                 bar.update(len(batch))
