@@ -143,6 +143,10 @@ def test_rerun_replaces_the_folder_and_a_foreign_folder_is_refused_first(q, tmp_
         synthesize(cfg(q, synth_hf_dataset=str(foreign)), TeacherConfig(), rubric_source="none", documents=q["docs"],
                    output=str(out), num_samples=2)
     assert not out.exists() and (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(UserError, match="synth_hf_dataset: .*new holds --output"):
+        synthesize(cfg(q, synth_hf_dataset=str(tmp_path / "new")), TeacherConfig(), rubric_source="none",
+                   documents=q["docs"], output=str(tmp_path / "new" / "s.jsonl"), num_samples=2)
+    assert not (tmp_path / "new").exists()
 
 
 def test_scored_samples_get_an_influence_column_and_summary(q, tmp_path):

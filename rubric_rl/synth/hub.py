@@ -82,6 +82,9 @@ def check_hub_settings(synth_cfg, output: str | Path) -> None:
             raise UserError(f"synth_push_to_hub {repo}: HF_HUB_OFFLINE is set, so no upload can happen; unset it, "
                             "or drop synth_push_to_hub")
     folder = dataset_dir(synth_cfg, output)
+    if folder is not None and folder.resolve() in Path(output).resolve().parents:
+        raise UserError(f"synth_hf_dataset: {folder} holds --output {output}, and the folder is replaced on every "
+                        "run; choose a folder beside it")
     if folder is not None and not _replaceable(folder):
         raise UserError(f"synth_hf_dataset: {folder} exists and is not a dataset rubric-rl wrote (it is replaced on "
                         "every run); choose another folder")
