@@ -341,7 +341,7 @@ def _how_it_was_made(summary: dict, cfg, teacher_cfg, source) -> str:
                                  ("decontamination", bool(cfg.synth_eval_files)), ("dedup", cfg.synth_dedup)) if not on]
     text = (f"For each planned item the teacher (`{summary.get('teacher')}`) was asked once for a question and its "
             f"answer about one document, {rubric}, with the `{summary.get('strategy')}` strategy. A candidate was "
-            f"kept only when it parsed and passed every check: {', '.join(checks)}"
+            f"kept only when it parsed and passed every check: {', '.join(checks[:-1])} and {checks[-1]}"
             + (f" ({', '.join(off)}: off in this run)" if off else "") + ". "
             "These checks are lexical: grounding counts the answer's content words found in the document and does "
             "not prove the answer right, the blocklist is no safety classifier, and decontamination covers only "
