@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -138,7 +139,8 @@ def cmd_synthesize(argv):
 
     check_synthesize(sa, synth_cfg, teacher_cfg)
     summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
-                         output=sa.output, num_samples=sa.num_samples)
+                         output=sa.output, num_samples=sa.num_samples,
+                         command_line=shlex.join(["rubric-rl", "synthesize", *argv]))
     print(json.dumps(summary, indent=1, default=str))
     message = nothing_accepted_message(summary)
     if message:

@@ -141,6 +141,9 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
 
 
 def check_synthesize(sa, synth_cfg, teacher_cfg) -> None:
+    from .synth.hub import check_hub_settings
+
+    check_hub_settings(synth_cfg, sa.output)  # HF_TOKEN for synth_push_to_hub, first: it needs no file
     check_documents(sa.documents)
     spec = sa.rubric_source
     if spec != "none":

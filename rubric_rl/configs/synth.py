@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,10 @@ NEEDS_DOCUMENT = (NEW_QUESTION, SIMILAR_QUESTION)  # strategies that write from 
 # the crossover at 16-27 (about 12 with a stronger student); on the offline world new questions won at every
 # ratio from 1 to 16 (scripts/budget_rule.py, reports/budget_rule/), see synth.strategies.choose_strategy.
 AUTO_RATIO_THRESHOLD = 16.0
+# synth_push_to_hub / synth_hf_license: the shapes the hub accepts (huggingface_hub.utils.validate_repo_id's rules,
+# written here so that parsing the config imports no hub client)
+HUB_REPO_ID = re.compile(r"(?=.{3,96}$)(?!.*(?:--|\.\.))[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?<![.-])")
+HUB_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 
 
 @dataclass
@@ -84,6 +89,32 @@ class SynthConfig:
     synth_save_dataset: str | None = field(
         default=None, metadata={"help": "Also save the samples as an HF datasets folder here (load_from_disk)."}
     )
+    synth_hf_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Also write the samples as a Hugging Face dataset folder here, in the hub's layout: "
+                          "data/train-*.parquet (columns messages, doc_id, the provenance fields, provenance as "
+                          "JSON) and a dataset card README.md (sources and their sha256, rubric source, teacher, "
+                          "strategy, verifier statistics, command line, versions). datasets.load_dataset(DIR) "
+                          "loads it. The folder is replaced on every run; one that holds anything else is refused. "
+                          "Default with synth_push_to_hub: OUTPUT's name with .hf instead of .jsonl."},
+    )
+    synth_hf_license: str | None = field(
+        default=None,
+        metadata={"help": "License of the dataset for the card's metadata, as a hub license id (apache-2.0, "
+                          "cc-by-4.0, other...). The documents' and the teacher's terms decide it; unset, the "
+                          "card has no license and says so."},
+    )
+    synth_push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "After the run, upload the synth_hf_dataset folder (card included) to this Hugging Face "
+                          "Hub dataset repo (OWNER/NAME). The token comes from the HF_TOKEN environment variable, "
+                          "checked before any generation. A failed upload is an error; the local folder is kept."},
+    )
+    synth_push_private: bool = field(
+        default=True,
+        metadata={"help": "Create the synth_push_to_hub repo private (default); false: public. An existing repo "
+                          "keeps its visibility."},
+    )
     synth_write_rejected: bool = field(
         default=False, metadata={"help": "Also write rejected candidates with their reason to OUTPUT.rejected.jsonl."}
     )
@@ -114,6 +145,20 @@ class SynthConfig:
         for name in ("synth_grounding_min_overlap", "synth_dedup_threshold"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.synth_push_to_hub is not None and not HUB_REPO_ID.fullmatch(self.synth_push_to_hub):
+            raise ValueError(f"synth_push_to_hub must be a hub repo id OWNER/NAME (letters, digits, '-', '_', '.'; "
+                             f"at most 96 characters), got {self.synth_push_to_hub!r}")
+        if self.synth_hf_license is not None and not HUB_LICENSE_ID.fullmatch(self.synth_hf_license):
+            raise ValueError(f"synth_hf_license must be a hub license id such as 'apache-2.0', 'cc-by-4.0' or "
+                             f"'other', got {self.synth_hf_license!r}")
+        if self.synth_hf_dataset is not None:
+            if not self.synth_hf_dataset.strip():
+                raise ValueError("synth_hf_dataset must be a folder path, got ''")
+            if Path(self.synth_hf_dataset).is_file():
+                raise ValueError(f"synth_hf_dataset must be a folder, got the file {self.synth_hf_dataset!r}")
+            if self.synth_save_dataset and Path(self.synth_save_dataset).resolve() == Path(self.synth_hf_dataset).resolve():
+                raise ValueError(f"synth_hf_dataset and synth_save_dataset must be different folders, both are "
+                                 f"{self.synth_hf_dataset!r}")
         if isinstance(self.synth_eval_files, str):
             self.synth_eval_files = [p for p in self.synth_eval_files.split(",") if p]
         for path in [self.synth_seed_samples, self.synth_blocklist_file, *self.synth_eval_files]:

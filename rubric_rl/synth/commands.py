@@ -10,6 +10,8 @@ item number, document id, rubric, teacher, strategy, seed and every verifier's v
 ``OUT.summary.json`` (accepted, rejected by reason and by verifier, teacher queries spent, why the run
 stopped), ``OUT.state.json`` (the resume checkpoint), ``OUT.rubrics.jsonl`` (rubrics a generator
 wrote, so a resumed run uses the same ones) and, with ``synth_write_rejected``, ``OUT.rejected.jsonl``.
+With ``synth_hf_dataset`` / ``synth_push_to_hub`` the accepted samples also become a Hugging Face dataset folder
+with a dataset card, uploaded to the hub (:mod:`rubric_rl.synth.hub`; ``HF_TOKEN`` is checked before any work).
 
 The summary counts items and rubrics apart: ``items_skipped`` counts items sent to no teacher, by reason
 (``rubric_unparseable``: the generator's rubric for the item's document did not parse); ``rubrics_generated`` /
@@ -52,6 +54,7 @@ from ..errors import UserError
 from ..jsonl import JsonlAppender, parse_lines
 from ..configs.synth import SynthConfig
 from ..configs.teacher import TeacherConfig
+from . import hub
 from .dataset import save_hf_dataset, write_json_atomic
 from .dedup import NearDuplicateFilter
 from .engine import SampleSynthesizer, SynthItem
@@ -158,14 +161,17 @@ class FileSink:
 
 # ---------------------------------------------------------------------------------------------- command
 def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_source: str, documents: str,
-               output: str, num_samples: int | None = None, teacher=None, rubric_generator=None) -> dict:
+               output: str, num_samples: int | None = None, teacher=None, rubric_generator=None,
+               command_line: str | None = None) -> dict:
     """Write ``output`` (see the module docstring) and return the summary dict (also in ``OUT.summary.json``).
 
     ``teacher`` / ``rubric_generator`` replace the ones the configs name (tests, or an already loaded
-    model). ``num_samples`` defaults to one per document.
+    model). ``num_samples`` defaults to one per document. ``command_line`` is what the dataset card records
+    (``synth_hf_dataset`` / ``synth_push_to_hub``, :mod:`rubric_rl.synth.hub`).
     """
     cfg = synth_cfg
     t0 = time.time()
+    hub.check_hub_settings(cfg, output)  # HF_TOKEN before any work
     docs = [d for d in load_documents(documents) if d["text"].strip()]
     num_samples = num_samples or len(docs)
     if num_samples < 1:
@@ -182,6 +188,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         "seed_samples": _file_digest(cfg.synth_seed_samples), "eval_files": [_file_digest(p) for p in cfg.synth_eval_files],
         "synth": {k: v for k, v in asdict(cfg).items() if k not in (
             "synth_budget", "synth_max_queries_per_sample", "synth_batch_size", "synth_save_dataset",
+            "synth_hf_dataset", "synth_hf_license", "synth_push_to_hub", "synth_push_private",  # sharing only
             "synth_overwrite", "synth_progress", "synth_eval_files", "synth_seed_samples")},
         "teacher": {k: getattr(teacher_cfg, k) for k in ("teacher_backend", "teacher_model_name_or_path",
                                                          "teacher_temperature", "teacher_top_p",
@@ -277,12 +284,39 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         save_hf_dataset(paths["output"], cfg.synth_save_dataset)
         summary["dataset_dir"] = str(cfg.synth_save_dataset)
     write_json_atomic(paths["summary"], summary)
+    _share(cfg, teacher_cfg, summary, paths, documents=documents, num_documents=len(docs), source=source,
+           command_line=command_line)
     logger.info("synthesize: %d/%d accepted, %d queries of %d, stopped: %s, rejected: %s", summary["accepted"],
                 num_samples, summary["queries_spent"], budget, stopped, summary["rejected"])
     if stopped == "budget" and state["accepted"] < num_samples:
         logger.warning("synthesize: the budget of %d teacher queries ran out at %d/%d samples", budget,
                        state["accepted"], num_samples)
     return summary
+
+
+def _share(cfg: SynthConfig, teacher_cfg: TeacherConfig, summary: dict, paths: dict[str, Path], *,
+           command_line: str | None, **card) -> None:
+    """``synth_hf_dataset`` / ``synth_push_to_hub``: the dataset folder with its card, then the upload; the summary
+    (``hf_dataset``, ``hub``) is rewritten after each, so a failed push leaves the folder and says so."""
+    folder = hub.dataset_dir(cfg, paths["output"])
+    if folder is None:
+        return
+    if not summary["accepted"]:
+        logger.warning("synthesize: nothing accepted, so no dataset folder is written and nothing is pushed")
+        return
+    summary["hf_dataset"] = hub.write_dataset(
+        paths["output"], folder, summary=summary, synth_cfg=cfg, teacher_cfg=teacher_cfg,
+        repo_id=cfg.synth_push_to_hub, command_line=command_line or "(called from Python: synthesize())", **card)
+    write_json_atomic(paths["summary"], summary)
+    if cfg.synth_push_to_hub:
+        try:
+            summary["hub"] = {"pushed": True, **hub.push_folder(folder, cfg.synth_push_to_hub,
+                                                                private=cfg.synth_push_private)}
+        except hub.HubPushError as err:
+            summary["hub"] = {"pushed": False, "repo_id": cfg.synth_push_to_hub, "error": str(err)}
+            raise
+        finally:
+            write_json_atomic(paths["summary"], summary)
 
 
 def nothing_accepted_message(summary: dict) -> str | None:
