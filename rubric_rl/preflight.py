@@ -170,6 +170,17 @@ def check_score(run, sa, influence_cfg) -> None:
     check_influence(influence_cfg, run.output_dir)
 
 
+def check_serve_influence(run, sa, influence_cfg) -> None:
+    """``serve-influence``: the ``serve`` extra, the key variable, and what ``score`` needs (target, warm-up,
+    validation set)."""
+    from .errors import require_extra
+
+    require_extra("serve-influence", "serve")
+    if sa.serve_api_key_env and not os.environ.get(sa.serve_api_key_env):
+        raise UserError(f"serve_api_key_env: the environment variable {sa.serve_api_key_env!r} is not set or empty")
+    check_influence(influence_cfg, run.output_dir)
+
+
 def check_warmup(run, influence_cfg) -> None:
     check_influence(influence_cfg, run.output_dir, need_validation=False)
 
