@@ -1,5 +1,9 @@
 """``rubric-rl serve-influence`` and its client: the scores are the in-process scorer's, over a real uvicorn server
-on 127.0.0.1; micro-batching, the bounded queue (429 + Retry-After), metrics, several workers and endpoints."""
+on 127.0.0.1; micro-batching, the bounded queue (429 + Retry-After), metrics, several workers and endpoints.
+
+The faults (the service killed mid-run, restarted, busy, answering garbage) and the train-level equality are in
+tests/test_influence_service_train.py.
+"""
 
 from __future__ import annotations
 
@@ -409,6 +413,41 @@ def test_endpoints_with_other_settings_are_refused_and_the_run_config_is_compare
             client.score(sized(1))
 
 
+def test_preflight_names_an_endpoint_that_does_not_answer(tmp_path):
+    from types import SimpleNamespace
+
+    from rubric_rl.preflight import check_influence_service
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    args = SimpleNamespace(reward_influence_url=[dead], reward_influence_balance="least_loaded",
+                           reward_influence_timeout_s=5, reward_influence_max_retries=0, reward_influence_backoff_s=0,
+                           reward_influence_max_backoff_s=0, reward_influence_breaker_window=2,
+                           reward_influence_breaker_max_failure_rate=0.5, reward_influence_api_key_env=None,
+                           reward_influence_wait_s=0)
+    with pytest.raises(UserError, match=rf"reward_influence_url: {dead} does not answer .*serve-influence"):
+        check_influence_service(args, InfluenceConfig())
+    with BackgroundServer(create_app(GatedScorer(), fingerprint="fp")) as srv:
+        args.reward_influence_url = [srv.url + "/v1/"]  # a trailing /v1 is forgiven
+        assert check_influence_service(args, None)["fingerprint"] == "fp"
+
+
+def test_train_fields_are_checked():
+    from rubric_rl.configs.train import RubricRLArguments
+
+    a = RubricRLArguments(reward_influence_url="http://a:1,http://b:2")
+    assert a.reward_influence_url == ["http://a:1", "http://b:2"]
+    assert RubricRLArguments(reward_influence_url=[]).reward_influence_url is None
+    for kw, match in [({"reward_influence_url": ["gpu0:8100"]}, "not an http"),
+                      ({"reward_influence_balance": "random"}, "reward_influence_balance"),
+                      ({"reward_influence_breaker_max_failure_rate": 2}, "reward_influence_breaker_max_failure_rate"),
+                      ({"reward_influence_api_key_env": "sk-abc123!"}, "NAME of an environment variable")]:
+        with pytest.raises(ValueError, match=match):
+            RubricRLArguments(**kw)
+    from rubric_rl.rundir import is_free
+
+    assert is_free("reward_influence_url") and not is_free("reward_if_scaling")
+
+
 def test_infrastructure_failures_trip_the_breaker_naming_the_endpoint():
     dead = f"http://127.0.0.1:{free_port()}"
     client = InfluenceClient(dead, max_retries=1, backoff_s=0, breaker_window=2, breaker_max_failure_rate=0.5)
@@ -443,6 +482,26 @@ def test_a_malformed_answer_is_an_infrastructure_failure():
         with pytest.raises(InfluenceUnavailable, match="bad_response"):
             client.score(sized(2))
         client.close()
+
+
+def test_train_with_an_endpoint_that_does_not_answer_stops_before_any_model(tmp_path, capsys, monkeypatch):
+    import rubric_rl.models as models
+    from rubric_rl.cli import main
+
+    def no_model(*a, **kw):
+        raise AssertionError("a model loaded before the pre-flight check")
+
+    monkeypatch.setattr(models, "load_causal_lm", no_model)
+    monkeypatch.delenv("RUBRIC_RL_DEBUG", raising=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path / "run"),
+              "--reward_influence_url", dead])
+    assert info.value.code == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert len(lines) == 1 and lines[0].startswith(f"rubric-rl train: error: reward_influence_url: {dead} does not "
+                                                   "answer (ConnectError")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_call_larger_than_the_service_takes_is_split_in_order():
