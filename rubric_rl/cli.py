@@ -15,20 +15,21 @@ USAGE = """usage: rubric-rl COMMAND [--config FILE.yaml] [--field value ...]
 Train rubric generators with RL, rewarded by the influence of their synthetic data on a target model.
 
 commands:
-  train          RL-train a rubric generator (TRL GRPO), then export it          (rubric-rl train --help)
-  export         write a trained run's rubric generator as a standalone model    (rubric-rl export --help)
-  warmup         warm up the target model (LoRA + Adam checkpoints) for influence (rubric-rl warmup --help)
-  score          score an SFT dataset by influence on the validation set         (rubric-rl score --help)
-  synthesize     write a synthetic dataset with a rubric source and a teacher    (rubric-rl synthesize --help)
-  serve-teacher  serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
-  evaluate       synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
-  calibrate      does the reward predict the gain? influence vs held-out gain over sources x seeds (rubric-rl calibrate --help)
-  closed-loop    student-guided synthesis in rounds, per selection rule, vs static generation (rubric-rl closed-loop --help)
+  train            RL-train a rubric generator (TRL GRPO), then export it          (rubric-rl train --help)
+  export           write a trained run's rubric generator as a standalone model    (rubric-rl export --help)
+  warmup           warm up the target model (LoRA + Adam checkpoints) for influence (rubric-rl warmup --help)
+  score            score an SFT dataset by influence on the validation set         (rubric-rl score --help)
+  synthesize       write a synthetic dataset with a rubric source and a teacher    (rubric-rl synthesize --help)
+  serve-teacher    serve a local HF model as an OpenAI-compatible teacher endpoint (rubric-rl serve-teacher --help)
+  serve-influence  serve the influence scorer over HTTP for train's reward_influence_url (rubric-rl serve-influence --help)
+  evaluate         synthesize with each rubric source, fine-tune the target, score held-out data (rubric-rl evaluate --help)
+  calibrate        does the reward predict the gain? influence vs held-out gain over sources x seeds (rubric-rl calibrate --help)
+  closed-loop      student-guided synthesis in rounds, per selection rule, vs static generation (rubric-rl closed-loop --help)
 
 Every command but export and serve-teacher takes --config FILE.yaml, a YAML file of flat fields (see configs/);
 flags override it. `rubric-rl COMMAND --help` lists the options by stage; `rubric-rl train --help-all` adds the
 fields train inherits from TRL's GRPOConfig (transformers' TrainingArguments).
-A user error is one line on stderr and exit status 2 (an unavailable teacher: 3); --debug (or
+A user error is one line on stderr and exit status 2 (an unavailable teacher or influence service: 3); --debug (or
 RUBRIC_RL_DEBUG=1) shows the traceback instead.
 """
 
@@ -156,6 +157,25 @@ def cmd_serve_teacher(argv):
     serve_main(argv)
 
 
+def cmd_serve_influence(argv):
+    from .config import RunDirArguments, ServeInfluenceArguments, parse_config
+    from .configs.influence import InfluenceConfig
+
+    run, sa, cfg = parse_config(
+        (RunDirArguments, ServeInfluenceArguments, InfluenceConfig), argv, prog="rubric-rl serve-influence",
+        description="Serve the influence scorer over HTTP (POST /v1/score, GET /health, GET /metrics) for `rubric-rl "
+                    "train --reward_influence_url URL`: the target, its warm-up (OUTPUT_DIR/warmup, run first if "
+                    "missing) and the validation gradients (OUTPUT_DIR/influence_cache) are loaded once, one worker "
+                    "per device, concurrent requests micro-batched, a full queue answered 429 with Retry-After. Give "
+                    "it the training run's --config: its scores then equal the in-process reward's.",
+        shared_config=True)
+    from .influence.server import serve
+    from .preflight import check_serve_influence
+
+    check_serve_influence(run, sa, cfg)
+    serve(cfg, run.output_dir, sa)
+
+
 def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_cfg=None) -> dict:
     """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table; returns the report.
 
@@ -244,6 +264,7 @@ COMMANDS = {
     "score": cmd_score,
     "synthesize": cmd_synthesize,
     "serve-teacher": cmd_serve_teacher,
+    "serve-influence": cmd_serve_influence,
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
     "closed-loop": cmd_closed_loop,
@@ -290,11 +311,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_command(name: str, command, argv: list[str]) -> None:
-    """Run one subcommand; user errors and an unavailable teacher become one line on stderr and an exit code
-    (2: user error, 3: teacher unavailable, 1: nothing produced, 4: disk full), unless --debug /
-    RUBRIC_RL_DEBUG=1."""
-    from .errors import (EXIT_DISK_FULL, EXIT_NOTHING_PRODUCED, EXIT_TEACHER_UNAVAILABLE, EXIT_USER_ERROR,
-                         TrainingStalled, UserError, debug_enabled, is_disk_full, one_line)
+    """Run one subcommand; user errors and an unavailable teacher or influence service become one line on stderr
+    and an exit code (2: user error, 3: teacher or influence service unavailable, 1: nothing produced, 4: disk
+    full), unless --debug / RUBRIC_RL_DEBUG=1."""
+    from .errors import (EXIT_DISK_FULL, EXIT_NOTHING_PRODUCED, EXIT_SERVICE_UNAVAILABLE, EXIT_USER_ERROR,
+                         InfluenceUnavailable, TrainingStalled, UserError, debug_enabled, is_disk_full, one_line)
     from .teachers.base import TeacherUnavailable
 
     try:
@@ -304,11 +325,11 @@ def run_command(name: str, command, argv: list[str]) -> None:
             raise
         print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
-    except TeacherUnavailable as err:
+    except (TeacherUnavailable, InfluenceUnavailable) as err:
         if debug_enabled():
             raise
         print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(EXIT_TEACHER_UNAVAILABLE) from None
+        raise SystemExit(EXIT_SERVICE_UNAVAILABLE) from None
     except TrainingStalled as err:
         if debug_enabled():
             raise

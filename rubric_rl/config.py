@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import sys
 
-from .configs.run import RunDirArguments, ScoreArguments
+from .configs.run import RunDirArguments, ScoreArguments, ServeInfluenceArguments
 from .configs.synth import SynthArguments
 from .configs.train import ALGORITHMS, REWARD_SCALINGS, RubricRLArguments
 
-__all__ = ["RubricRLArguments", "RunDirArguments", "ScoreArguments", "SynthArguments", "ALGORITHMS",
-           "REWARD_SCALINGS", "GRPO_CONFIG", "train_dataclasses", "resolve_types", "make_parser", "help_parser",
-           "help_requested", "known_config_fields", "parse_config", "read_config_file", "fail"]
+__all__ = ["RubricRLArguments", "RunDirArguments", "ScoreArguments", "ServeInfluenceArguments", "SynthArguments",
+           "ALGORITHMS", "REWARD_SCALINGS", "GRPO_CONFIG", "train_dataclasses", "resolve_types", "make_parser",
+           "help_parser", "help_requested", "known_config_fields", "parse_config", "read_config_file", "fail"]
 
 GRPO_CONFIG = "trl:GRPOConfig"  # TRL's class by name: imported only to parse a run or for --help-all
 HELP_FLAGS = ("-h", "--help", "--help-all")
@@ -125,8 +125,9 @@ def help_parser(types, prog: str | None = None, description: str | None = None, 
         names = " and ".join(INHERITED[k][0] if k in INHERITED else k for k in map(_type_key, inherited))
         options.add_argument("--help-all", action="store_true", default=argparse.SUPPRESS,
                              help=f"show this help with every option, the fields inherited from {names} included.")
-    unknown = ("Fields of other rubric-rl commands are ignored (one run YAML serves train, warmup, score, synthesize "
-               "and evaluate); a field no command knows" if shared_config else "A field this command does not know")
+    unknown = ("Fields of other rubric-rl commands are ignored (one run YAML serves train, warmup, score, "
+               "serve-influence, synthesize and evaluate); a field no command knows" if shared_config
+               else "A field this command does not know")
     options.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
                          help="YAML file of flat `field: value` lines, one per option below (see configs/); flags "
                               f"override it. {unknown} is an error naming the file and line.")
@@ -170,7 +171,7 @@ def known_config_fields() -> set[str]:
     """Every field any rubric-rl command reads, so that one run YAML can serve all commands."""
     import dataclasses as dc
 
-    types = list(train_dataclasses()) + [RunDirArguments, ScoreArguments, SynthArguments]
+    types = list(train_dataclasses()) + [RunDirArguments, ScoreArguments, ServeInfluenceArguments, SynthArguments]
     from .configs.calibrate import CalibrateArguments
     from .configs.closed_loop import ClosedLoopArguments, ClosedLoopConfig
     from .configs.evaluate import EvalArguments, EvalConfig

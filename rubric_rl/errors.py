@@ -4,6 +4,8 @@
   would be overwritten...). ``rubric-rl`` prints ``rubric-rl COMMAND: error: MESSAGE`` on stderr and exits 2.
 * :class:`TeacherUnavailable` (in :mod:`rubric_rl.teachers.base`): the teacher's infrastructure is down;
   exit 3.
+* :class:`InfluenceUnavailable`: the influence service (``train``'s ``reward_influence_url``, ``rubric-rl
+  serve-influence``) failed for infrastructure reasons on too many requests of a window; exit 3 as well.
 * :class:`TrainingStalled`: RL cannot learn from what it gets (pre-flight: no sampled rubric parses; during
   training: nothing scorable or no reward spread for ``stall_steps``); exit 1, nothing exported.
 * :class:`MissingExtra` (a :class:`UserError`, and an ``ImportError``): an optional dependency (one of the pip
@@ -23,6 +25,7 @@ import os
 
 EXIT_USER_ERROR = 2
 EXIT_TEACHER_UNAVAILABLE = 3
+EXIT_SERVICE_UNAVAILABLE = EXIT_TEACHER_UNAVAILABLE  # a service the run depends on: the teacher or influence
 EXIT_NOTHING_PRODUCED = 1
 EXIT_DISK_FULL = 4
 
@@ -66,6 +69,20 @@ def require_extra(what: str, extra: str, advice: str = "") -> None:
     missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
     if missing:
         raise missing_extra(what, extra, f"no module {', '.join(missing)}", advice)
+
+
+class InfluenceUnavailable(RuntimeError):
+    """The influence service failed for infrastructure reasons (connection, timeout, HTTP 5xx/408/429 after the
+    retries, a malformed answer) on too many requests of a window (``teachers.base.CircuitBreaker``, the teacher's
+    rule); the run stops with exit 3 instead of training on rewards it does not have."""
+
+    def __init__(self, endpoint: str, failures: int, window: int, last_error: str | None):
+        self.endpoint, self.failures, self.window, self.last_error = endpoint, failures, window, last_error
+        super().__init__(f"influence service unavailable: {endpoint}: {failures} of the last {window} requests "
+                         f"failed for infrastructure reasons (last error: {last_error or 'unknown'}); stopped. "
+                         "Restart `rubric-rl serve-influence` and rerun with --resume_from_checkpoint true "
+                         "(checkpoints are kept), or tune reward_influence_breaker_window / "
+                         "reward_influence_breaker_max_failure_rate (0 disables)")
 
 
 class TrainingStalled(RuntimeError):

@@ -118,10 +118,24 @@ def check_influence(cfg, run_dir, *, need_validation: bool = True) -> None:
         check_chat_file(cfg.influence_validation_data, field="influence_validation_data", need_assistant=True)
 
 
+def check_influence_service(args, influence_cfg) -> dict:
+    """``reward_influence_url``: every endpoint answers ``/health`` (within ``reward_influence_wait_s``) as a
+    ``rubric-rl serve-influence``, takes the key, and all serve the same settings; a setting of this run's config
+    that the service's differ from is named in a warning. Returns the client's description of the service."""
+    from .influence.client import InfluenceClient
+
+    client = InfluenceClient.from_args(args)
+    try:
+        return client.connect(influence_cfg, wait_s=args.reward_influence_wait_s)
+    finally:
+        client.close()
+
+
 def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
     """Everything `rubric-rl train` reads: documents, seed rubrics (with the SFT warm start; each one's SFT target
-    must pass the rubric parser's quality gate), warm-up, validation and decontamination files, the teacher's
-    key, and the downstream evaluation config."""
+    must pass the rubric parser's quality gate), warm-up, validation and decontamination files (or, with
+    ``reward_influence_url``, instead of the warm-up and validation files: the influence service answers), the
+    teacher's key, and the downstream evaluation config."""
     check_documents(args.documents, text_field=args.document_text_field)
     check_model(args.policy_model_name_or_path, field="policy_model_name_or_path")
     if args.policy_sft_warmstart:
@@ -129,7 +143,10 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
             raise UserError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
         rubrics = check_rubrics(args.seed_rubrics, field="seed_rubrics")
         check_sft_targets(rubrics, args.seed_rubrics, args.rubric_format)
-    check_influence(influence_cfg, grpo_args.output_dir)
+    if args.reward_influence_url:  # the service holds the target, its warm-up and the validation set
+        check_influence_service(args, influence_cfg)
+    else:
+        check_influence(influence_cfg, grpo_args.output_dir)
     for path in args.reward_decontam_files or []:
         check_chat_file(path, field="reward_decontam_files")
     if args.reward_blocklist_file:
@@ -170,6 +187,17 @@ def check_score(run, sa, influence_cfg) -> None:
     text = check_text_file(sa.samples, field="samples")
     if not text.strip():
         raise DataFileError(f"samples: {sa.samples}: no samples (the file is empty)")
+    check_influence(influence_cfg, run.output_dir)
+
+
+def check_serve_influence(run, sa, influence_cfg) -> None:
+    """``serve-influence``: the ``serve`` extra, the key variable, and what ``score`` needs (target, warm-up,
+    validation set)."""
+    from .errors import require_extra
+
+    require_extra("serve-influence", "serve")
+    if sa.serve_api_key_env and not os.environ.get(sa.serve_api_key_env):
+        raise UserError(f"serve_api_key_env: the environment variable {sa.serve_api_key_env!r} is not set or empty")
     check_influence(influence_cfg, run.output_dir)
 
 

@@ -18,7 +18,9 @@ infrastructure reasons (timeout, HTTP error).
 
 It is a plain callable class, not an ``nn.Module`` (TRL would treat a module as a reward model). TRL
 calls it once per process on that process's completions; the target model lives on that process's
-device.
+device, or, with ``reward_influence_url``, in ``rubric-rl serve-influence`` (the scorer factory then returns
+an :class:`~rubric_rl.influence.client.InfluenceClient`, which has the scorer's ``score``; a request that
+failed for good is ``influence_service_<code>``, unscorable).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ RUN_FILES = (ARGS_FILE, CHANGES_FILE, "metrics.jsonl", "run_summary.json", "expo
 RUN_GLOBS = ("checkpoint-*", "rollouts*.jsonl", "model-*.safetensors")
 
 # Fields that do not change what the run computes: how long it runs, how often and where it logs and saves,
-# performance knobs, and where the teacher is reached.
+# performance knobs, and where the teacher and the influence service are reached.
 FREE_FIELDS = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "allow_changed_args", "max_steps",
     "num_train_epochs", "run_name", "project", "report_to", "disable_tqdm", "num_completions_to_print",
@@ -50,7 +50,8 @@ FREE_FIELDS = frozenset({
     "influence_proj_layerwise", "trackio_space_id", "trackio_bucket_id", "trackio_static_space_id",
     "preflight_rubrics", "stall_steps",  # guards: they stop a run, they do not change what it computes
 })
-FREE_PREFIXES = ("logging_", "log_", "save_", "hub_", "evaluate_", "dataloader_", "eval_")
+# reward_influence_*: where and how the influence service is reached (its scores equal the in-process ones)
+FREE_PREFIXES = ("logging_", "log_", "save_", "hub_", "evaluate_", "dataloader_", "eval_", "reward_influence_")
 
 
 def is_free(name: str) -> bool:

@@ -10,6 +10,7 @@ folder in order::
       sft_warmstart/          the policy after the warm start (tiny policies only), reused on rerun
       warmup/                 target warm-up checkpoints (influence engine), reused on rerun
       influence_cache/        validation gradients per checkpoint, reused on rerun
+                              (neither with reward_influence_url: `rubric-rl serve-influence` holds them)
       checkpoint-N/           GRPO checkpoints (resume with --resume_from_checkpoint)
       metrics.jsonl           one object per logging step (whatever report_to says)
       rollouts.jsonl          every rollout: rubric, outcome, influence, reward, sample
@@ -309,7 +310,15 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
 
     # The target's warm-up runs once: rank 0 trains, the other ranks wait for its completion file (no
     # barrier, so a long warm-up cannot time out the process group). Each process then loads it on its device.
-    run_warmup(influence_cfg, output_dir)
+    # With reward_influence_url the service (`rubric-rl serve-influence`) holds all of it: nothing loads here.
+    service = None
+    if args.reward_influence_url:
+        from .influence.client import InfluenceClient
+
+        service = InfluenceClient.from_args(args)  # (preflight warned about settings that differ from the run's)
+        service.connect(wait_s=args.reward_influence_wait_s)
+    else:
+        run_warmup(influence_cfg, output_dir)
 
     teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
@@ -317,18 +326,25 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     reward = InfluenceReward(
         SampleSynthesizer(teacher, train_verifiers(args, eval_items),
                           max_document_chars=teacher_cfg.teacher_max_document_chars),
-        lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device),
+        (lambda: service) if service is not None else
+        (lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device)),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
         novelty_weight=args.reward_novelty_weight, log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
         if_window=args.reward_if_window, if_min_rel=args.reward_if_min_rel, rubric_format=args.rubric_format,
     )
     # Built now, announced, rather than inside the first GRPO step (RNG-neutral: see InfluenceReward.scorer).
     t0 = time.perf_counter()
-    logger.info("== influence: loading the target %s with its warm-up checkpoints and validation gradients ==",
-                influence_cfg.target_model_name_or_path)
-    scorer = reward.scorer
-    logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
-                time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
+    if service is not None:
+        about = service.describe()
+        logger.info("== influence: the service at %s (settings fingerprint %s, workers %s); this process loads no "
+                    "target ==", service.endpoint, about["fingerprint"], about["workers"])
+        _ = reward.scorer  # the factory's client, taken where the in-process path builds its scorer
+    else:
+        logger.info("== influence: loading the target %s with its warm-up checkpoints and validation gradients ==",
+                    influence_cfg.target_model_name_or_path)
+        scorer = reward.scorer
+        logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
+                    time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
     resume = _resume_arg(grpo_args.resume_from_checkpoint)
     if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
         if state.is_main_process:
@@ -361,6 +377,9 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
                "outcomes": dict(reward.stats.outcomes), "preflight": preflight, **made_by}
+    if service is not None:
+        summary["influence_service"] = service.describe()  # this process's requests
+        service.close()
     if state.is_main_process:
         from .export import export_run
 

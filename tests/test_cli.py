@@ -131,7 +131,7 @@ def test_the_runs_settings_win_over_the_evaluation_file_with_a_warning(caplog):
 
 
 # ---------------------------------------------------------------------------------------------- --help
-CONFIG_COMMANDS = ["train", "warmup", "score", "synthesize", "evaluate", "calibrate", "closed-loop"]
+CONFIG_COMMANDS = ["train", "warmup", "score", "serve-influence", "synthesize", "evaluate", "calibrate", "closed-loop"]
 
 
 def test_help_imports_neither_torch_nor_trl():

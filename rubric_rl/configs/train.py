@@ -158,6 +158,63 @@ class RubricRLArguments:
                           "a group, and a larger weight drowns it. The quickstart (batch_minmax) uses 2.0: there "
                           "0.5 was too weak to stop the collapse (notes/evaluate.md). 0 turns it off."},
     )
+    # The influence service (`rubric-rl serve-influence`): the reward's influence computed elsewhere.
+    reward_influence_url: list[str] | None = field(
+        default=None,
+        metadata={"help": "Score influence with `rubric-rl serve-influence` at this URL (or several, e.g. "
+                          "http://gpu0:8100 http://gpu1:8100) instead of in this process: the training processes "
+                          "then load no target, run no warm-up and compute no validation gradients (the service "
+                          "does, once). The service's scores equal the in-process ones for the same settings: "
+                          "start it with the same --config (its target_*/warmup_*/influence_* fields); a field "
+                          "that differs is named in a warning, and endpoints with different settings are refused. "
+                          "Unset (default): influence is computed in process."},
+    )
+    reward_influence_balance: str = field(
+        default="least_loaded",
+        metadata={"help": "With several reward_influence_url endpoints: 'least_loaded' (ask each one's /metrics "
+                          "and send to the one with the fewest samples queued and in flight, across all training "
+                          "processes) or 'round_robin'. A reward call is one request to one endpoint."},
+    )
+    reward_influence_timeout_s: float = field(
+        default=600.0, metadata={"help": "Influence service: per-request timeout (s), queueing included."}
+    )
+    reward_influence_max_retries: int = field(
+        default=5,
+        metadata={"help": "Influence service: retries on 429 busy, 5xx, timeouts, connection errors and malformed "
+                          "answers, with backoff (the next endpoint when there are several)."},
+    )
+    reward_influence_backoff_s: float = field(
+        default=1.0,
+        metadata={"help": "Influence service: first retry delay (s), doubled on every retry (with jitter); a "
+                          "Retry-After header takes precedence."},
+    )
+    reward_influence_max_backoff_s: float = field(
+        default=30.0, metadata={"help": "Influence service: upper bound on one retry delay, Retry-After included (s)."}
+    )
+    reward_influence_breaker_window: int = field(
+        default=8,
+        metadata={"help": "Influence service: circuit breaker window, in requests (one per reward call), the "
+                          "teacher's rule: when more than reward_influence_breaker_max_failure_rate of the last "
+                          "this-many requests failed for infrastructure reasons after their retries, the run stops "
+                          "with 'influence service unavailable' (exit 3) instead of training on rewards it does "
+                          "not have. 0 disables it."},
+    )
+    reward_influence_breaker_max_failure_rate: float = field(
+        default=0.5,
+        metadata={"help": "Influence service: share of the breaker window that may fail for infrastructure "
+                          "reasons before the run stops (in [0, 1]; 0 disables the breaker)."},
+    )
+    reward_influence_api_key_env: str | None = field(
+        default=None,
+        metadata={"help": "Influence service: name of the environment variable holding the key the service "
+                          "wants (its serve_api_key_env); the key itself never goes in a config or a log."},
+    )
+    reward_influence_wait_s: float = field(
+        default=0.0,
+        metadata={"help": "Influence service: how long the pre-flight check waits for every endpoint to answer "
+                          "/health (a service listens once its warm-up and validation gradients are loaded). "
+                          "0: it must answer at once."},
+    )
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -220,3 +277,38 @@ class RubricRLArguments:
             raise ValueError(f"policy_sft_epochs must be > 0, got {self.policy_sft_epochs!r}")
         if not self.documents:
             raise ValueError("documents must name a documents file")
+        self._check_influence_service()
+
+    def _check_influence_service(self):
+        import re
+
+        from .run import BALANCES
+
+        urls = self.reward_influence_url
+        if isinstance(urls, str):
+            urls = [urls]
+        if urls is not None:  # "a,b" and ["a", "b"] alike; an empty list is unset
+            urls = [u.strip() for item in urls for u in str(item).split(",") if u.strip()] or None
+        self.reward_influence_url = urls
+        for url in urls or []:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"reward_influence_url: {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8100)")
+        if self.reward_influence_balance not in BALANCES:
+            raise ValueError(f"reward_influence_balance must be one of {BALANCES}, got "
+                             f"{self.reward_influence_balance!r}")
+        if self.reward_influence_timeout_s <= 0:
+            raise ValueError(f"reward_influence_timeout_s must be > 0, got {self.reward_influence_timeout_s!r}")
+        for name in ("reward_influence_max_retries", "reward_influence_backoff_s", "reward_influence_breaker_window",
+                     "reward_influence_wait_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.reward_influence_max_backoff_s < self.reward_influence_backoff_s:
+            raise ValueError(f"reward_influence_max_backoff_s must be >= reward_influence_backoff_s "
+                             f"({self.reward_influence_backoff_s!r}), got {self.reward_influence_max_backoff_s!r}")
+        if not 0 <= self.reward_influence_breaker_max_failure_rate <= 1:
+            raise ValueError("reward_influence_breaker_max_failure_rate must be in [0, 1] (0 disables the breaker), "
+                             f"got {self.reward_influence_breaker_max_failure_rate!r}")
+        env = self.reward_influence_api_key_env
+        if env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env):
+            raise ValueError("reward_influence_api_key_env must be the NAME of an environment variable (letters, "
+                             "digits, underscores), not the key itself")

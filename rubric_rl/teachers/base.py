@@ -98,18 +98,22 @@ class CircuitBreaker:
 
     ``record(failed, error)`` after every finished request; ``check()`` raises
     :class:`TeacherUnavailable` once tripped (and keeps raising: a dead endpoint stays dead for the run).
+    ``unavailable`` is the exception class raised instead, called as ``unavailable(endpoint, failures, window,
+    last_error)`` (the influence service's client: ``errors.InfluenceUnavailable``).
     """
 
-    def __init__(self, endpoint: str, window: int = 32, max_failure_rate: float = 0.5):
+    def __init__(self, endpoint: str, window: int = 32, max_failure_rate: float = 0.5, *,
+                 unavailable: type = TeacherUnavailable):
         if window < 0:
             raise ValueError(f"circuit breaker window must be >= 0, got {window!r}")
         if not 0 <= max_failure_rate <= 1:
             raise ValueError(f"circuit breaker max_failure_rate must be in [0, 1], got {max_failure_rate!r}")
         self.endpoint, self.window, self.max_failure_rate = endpoint, window, max_failure_rate
+        self.unavailable = unavailable
         self._recent: deque = deque(maxlen=max(window, 1))
         self._lock = threading.Lock()
         self.last_error: str | None = None
-        self.tripped: TeacherUnavailable | None = None
+        self.tripped: Exception | None = None
 
     @property
     def enabled(self) -> bool:
@@ -124,9 +128,9 @@ class CircuitBreaker:
                 self.last_error = error or "unknown"
             failures = sum(self._recent)
             if self.tripped is None and failures > self.max_failure_rate * self.window:
-                self.tripped = TeacherUnavailable(self.endpoint, failures, len(self._recent), self.last_error)
+                self.tripped = self.unavailable(self.endpoint, failures, len(self._recent), self.last_error)
 
     def check(self) -> None:
         t = self.tripped
         if t is not None:  # a fresh exception each time (re-raising one instance would chain its tracebacks)
-            raise TeacherUnavailable(t.endpoint, t.failures, t.window, t.last_error)
+            raise self.unavailable(t.endpoint, t.failures, t.window, t.last_error)

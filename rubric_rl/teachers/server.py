@@ -35,15 +35,16 @@ from .base import TeacherRequest, TeacherResult
 logger = logging.getLogger(__name__)
 
 
-def _import_serve_deps():
-    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them."""
+def _import_serve_deps(what: str = "serve-teacher"):
+    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them
+    (``what``: the command that needs them)."""
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
         from ..errors import missing_extra
 
-        raise missing_extra("serve-teacher", "serve", err) from err
+        raise missing_extra(what, "serve", err) from err
     return fastapi, uvicorn
 
 
@@ -254,7 +255,8 @@ def create_app(teacher, *, model_name: str | None = None, api_key: str | None = 
 
 
 class BackgroundServer:
-    """Run an ASGI app with uvicorn in a daemon thread (tests, benchmarks). ``port=0`` picks a free port.
+    """Run an ASGI app with uvicorn in a daemon thread (tests, benchmarks; the teacher's and the influence
+    service's apps). ``port=0`` picks a free port.
 
     >>> with BackgroundServer(app) as srv:
     ...     srv.base_url  # 'http://127.0.0.1:PORT/v1'
@@ -265,7 +267,7 @@ class BackgroundServer:
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
                                      timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name="teacher-server", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name="background-server", daemon=True)
         self.host = host
         self.port: int | None = None
 
@@ -274,16 +276,20 @@ class BackgroundServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self.thread.is_alive():
-                raise RuntimeError("teacher server failed to start (see the log above)")
+                raise RuntimeError("server failed to start (see the log above)")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"teacher server did not start within {timeout}s")
+                raise TimeoutError(f"server did not start within {timeout}s")
             time.sleep(0.02)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
 
     @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:  # an OpenAI-compatible app's base URL
+        return f"{self.url}/v1"
 
     def stop(self, timeout: float = 10.0):
         self.server.should_exit = True
