@@ -149,12 +149,20 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def blank_secrets(fields: dict) -> dict:
+    """``fields`` (one config section) with every token field set to None: never stored, never logged."""
+    return {key: None if "token" in key and key.endswith(("_token", "hub_token")) else value
+            for key, value in fields.items()}
+
+
+def run_args(**configs) -> dict:
+    """``{section: {field: value}}`` of the given configs, JSON-safe, tokens blanked (``rubric_rl_args.json``,
+    the W&B run config)."""
+    return {name: blank_secrets(_jsonable(cfg)) for name, cfg in configs.items()}
+
+
 def save_run_args(output_dir: Path, **configs) -> None:
-    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
-    for cfg in data.values():  # never store tokens
-        for key in list(cfg):
-            if "token" in key and key.endswith(("_token", "hub_token")):
-                cfg[key] = None
+    data = run_args(**configs)
     (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
 
 
