@@ -346,6 +346,10 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         reward.log_path.unlink(missing_ok=True)
     state.wait_for_everyone()
 
+    if grpo_args.log_completions and grpo_args.num_completions_to_print is None:
+        # TRL would print every completion of every logged step as a rich table (thousands of lines); the table
+        # goes to W&B and OUTPUT_DIR/completions/ anyway. num_completions_to_print: N prints N per step.
+        grpo_args.num_completions_to_print = 0
     trainer_cls, rl_args = rl_trainer_class(args, grpo_args)
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=rl_args, train_dataset=dataset, processing_class=tokenizer,
