@@ -99,10 +99,13 @@ def plot_reward_curve(metrics_path: Path, png_path: Path) -> list[tuple[int, flo
         ax2.set_ylim(0, 1.05)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("reward (as shaped)")
     ax.set_title("Rubric generator: reward during RL")
-    ax.legend(handles, labels, loc="lower right", fontsize=8)
+    ax.legend(handles, labels, loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

@@ -63,7 +63,7 @@ def test_heldout_bars_start_at_zero_and_losses_are_dot_plots(figures, tmp_path):
         assert by_metric[m].get_ylim()[0] > 0 and "dot plot" in by_metric[m].get_title()
 
 
-@pytest.mark.parametrize("n_steps", [8, 60])
+@pytest.mark.parametrize("n_steps", [2, 8, 60])
 def test_reward_curve_lines_have_their_axis_and_legend_and_no_path(figures, tmp_path, n_steps):
     from rubric_rl.evaluate.plots import write_plots
 
@@ -79,6 +79,14 @@ def test_reward_curve_lines_have_their_axis_and_legend_and_no_path(figures, tmp_
     assert "reward" in labels and any("raw influence" in x for x in labels)
     # a moving mean over 1 step would be drawn exactly over the reward: only with enough steps
     assert any("moving mean" in x for x in labels) == (n_steps >= 20)
+    # the reward and the influence (same shape here, each on its autoscaled axis) are not drawn on one another
+    import numpy as np
+
+    def drawn(label):
+        line = next(ln for a in fig.axes for ln in a.get_lines() if ln.get_label() == label)
+        return line.get_transform().transform(line.get_xydata())[:, 1]
+
+    assert not np.allclose(drawn("reward"), drawn("raw influence, batch mean (right axis)"), atol=2)
 
 
 @pytest.mark.parametrize("n_steps", [8, 60])

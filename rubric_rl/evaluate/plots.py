@@ -114,6 +114,8 @@ def write_plots(report: dict, sources: list[Source], out_dir: Path) -> list[str]
 def _reward_curve(plt, name: str, cv: dict, path: Path) -> None:
     """Top: the shaped reward per GRPO step (and its moving mean when there are enough steps) with the raw
     influence on its own right axis; bottom: the valid rate on its own 0-1 axis."""
+    from matplotlib.ticker import MaxNLocator
+
     steps, rew = cv["steps"], cv["reward"]
     w = max(1, len(rew) // 10)
     vr = [(s, v) for s, v in zip(steps, cv.get("valid_rate") or []) if v is not None]
@@ -130,6 +132,9 @@ def _reward_curve(plt, name: str, cv: dict, path: Path) -> None:
         ax2.plot([a for a, _ in im], [b for _, b in im], color="tab:red", alpha=0.6, linewidth=1, linestyle="--",
                  marker="s" if few else None, markersize=3, label="raw influence, batch mean (right axis)")
         ax2.set_ylabel("raw influence", fontsize=8)
+        # wider margins than the reward axis: two series of the same shape (2 steps, or a reward that follows the
+        # influence) would otherwise be drawn exactly on top of each other by the two autoscaled axes
+        ax2.margins(y=0.3)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="best")
@@ -144,6 +149,7 @@ def _reward_curve(plt, name: str, cv: dict, path: Path) -> None:
     ax_v.set_ylim(0, 1.05)
     ax_v.set_ylabel("valid rate", fontsize=8)
     ax_v.set_xlabel("GRPO step")
+    ax_v.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
