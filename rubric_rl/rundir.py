@@ -30,8 +30,8 @@ from .jsonl import append_jsonl
 ARGS_FILE = "rubric_rl_args.json"
 CHANGES_FILE = "args_changes.jsonl"
 KEEP = ("warmup", "influence_cache", "sft_warmstart")  # reusable caches, keyed by their own arguments
-# What a run writes besides checkpoints (removed by --overwrite_output_dir).
-RUN_FILES = (ARGS_FILE, CHANGES_FILE, "metrics.jsonl", "run_summary.json", "export", "eval",
+# What a run writes besides checkpoints (removed by --overwrite_output_dir); completions/: TRL's log_completions.
+RUN_FILES = (ARGS_FILE, CHANGES_FILE, "metrics.jsonl", "run_summary.json", "export", "eval", "completions",
              "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
              "adapter_config.json", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json",
