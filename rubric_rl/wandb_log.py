@@ -3,7 +3,7 @@
 HF's ``WandbCallback`` (which TRL's trainers add for ``report_to: wandb``) logs the GRPO series (``train/*``,
 rubric-rl's ``log_metric`` values included) and TRL's completions table (``log_completions: true``; rubric-rl's
 columns come from the reward's ``log_extra``, see ``reward.Rollout.table_row``). This module adds the rest, main
-process only, and does nothing when no W&B run is active:
+process only, and does nothing unless :func:`start_run` started (or adopted) this job's run:
 
 - one run for the whole job: :func:`start_run` starts it at the start of ``train()`` (HF's callback then reuses
   it), so the stages before GRPO are in it. Project: ``WANDB_PROJECT``, else the ``project`` field if set, else
@@ -35,12 +35,16 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 STEP = "train/global_step"  # HF's WandbCallback's step metric: the GRPO global step
+_RUN = None  # the run start_run chose for this job (None: report_to has no wandb, or another process)
 
 
 def active_run():
-    """The active W&B run, or None (never imports wandb: TRL's trainers already do when it is installed)."""
+    """The run :func:`start_run` chose for this job while it is still W&B's active run, else None: nothing is
+    logged to a run that a job without ``report_to: wandb`` finds left over in the process, nor to a disabled
+    one (``WANDB_MODE=disabled``: an artifact would still be staged under the user's home)."""
     wandb = sys.modules.get("wandb")
-    return getattr(wandb, "run", None) if wandb is not None else None
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    return run if run is not None and run is _RUN and not getattr(run, "disabled", False) else None
 
 
 def wanted(grpo_args) -> bool:
@@ -57,6 +61,8 @@ def run_config(args, teacher_cfg, influence_cfg) -> dict:
 def start_run(args, grpo_args, teacher_cfg, influence_cfg, *, is_main_process: bool = True):
     """Start the job's W&B run (or add rubric-rl's config to one already active) and define the step axis.
     Returns the run, or None when ``report_to`` has no ``wandb`` or on another process than the main one."""
+    global _RUN
+    _RUN = None
     if not (wanted(grpo_args) and is_main_process):
         return None
     import wandb
@@ -72,7 +78,8 @@ def start_run(args, grpo_args, teacher_cfg, influence_cfg, *, is_main_process: b
         wandb.run.config.update(config, allow_val_change=True)
     wandb.define_metric(STEP)
     wandb.define_metric("*", step_metric=STEP, step_sync=True)
-    return wandb.run
+    _RUN = wandb.run
+    return _RUN
 
 
 def trainer_log_history(folder: str | Path) -> list[dict]:
@@ -170,6 +177,9 @@ def log_artifact(folder: str | Path, kind: str, *, files: list[str] | None = Non
 
 
 def finish() -> None:
-    """Finish the active run (the end of ``rubric-rl train``, after its evaluation)."""
-    if active_run() is not None:
-        sys.modules["wandb"].finish()
+    """Finish this job's run (the end of ``rubric-rl train``, after its evaluation)."""
+    global _RUN
+    wandb = sys.modules.get("wandb")
+    if _RUN is not None and getattr(wandb, "run", None) is _RUN:
+        wandb.finish()
+    _RUN = None

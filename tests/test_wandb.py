@@ -212,3 +212,35 @@ def test_log_completions_does_not_flood_stdout(wandb_run):
     assert "Step 1" not in out and "┏" not in out  # TRL's rich completion tables
     assert len(out.splitlines()) < 40, out[-3000:]
     assert "Exported rubric generator" in out and "Downstream evaluation" in out
+
+
+def test_nothing_goes_to_a_disabled_or_left_over_run(tmp_path, monkeypatch):
+    """A train() that stopped early leaves its run active in the process: a later job without report_to wandb
+    logs nothing to it, and a disabled run (WANDB_MODE=disabled) stages no artifact files."""
+    from types import SimpleNamespace
+
+    import wandb
+
+    from rubric_rl import wandb_log
+    from rubric_rl.configs.influence import InfluenceConfig
+    from rubric_rl.configs.teacher import TeacherConfig
+    from rubric_rl.configs.train import RubricRLArguments
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 100)
+    grpo = SimpleNamespace(report_to=["wandb"], project="huggingface", run_name=None, output_dir=str(tmp_path))
+    try:
+        run = wandb_log.start_run(RubricRLArguments(), grpo, TeacherConfig(), InfluenceConfig())
+        assert run is not None and wandb.run is run
+        wandb_log.log_artifact(folder, "rubric-generator")
+        wandb_log.log_stage("warmup", [{"step": 1, "loss": 1.0}], reused=False)
+        staged = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+        assert not staged and wandb_log.active_run() is None  # disabled: nothing staged or logged
+        grpo.report_to = ["none"]
+        assert wandb_log.start_run(RubricRLArguments(), grpo, TeacherConfig(), InfluenceConfig()) is None
+        assert wandb.run is run and wandb_log.active_run() is None  # left over, not this job's
+    finally:
+        wandb.finish()
