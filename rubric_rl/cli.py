@@ -58,14 +58,23 @@ def cmd_train(argv):
         print(format_summary(summary))
         if args.evaluate_config:
             from .configs.evaluate import parse_sources
+            from .wandb_log import log_artifact, log_evaluation
 
             others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
             print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
             # the evaluation judges the reward this run trained on: its teacher and influence settings are the run's
-            cmd_evaluate(["--config", args.evaluate_config,
-                          "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
-                          "--output", str(Path(summary["output_dir"]) / "eval")],
-                         teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
+            eval_dir = Path(summary["output_dir"]) / "eval"
+            report = cmd_evaluate(["--config", args.evaluate_config,
+                                   "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
+                                   "--output", str(eval_dir)],
+                                  teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
+            if report is not None:  # with report_to wandb: the report in the run (no-ops without a W&B run)
+                log_evaluation(report, eval_dir, summary.get("global_step"))
+                log_artifact(eval_dir, "evaluation", files=["report.json", "report.md", *report.get("plots", [])],
+                             metadata={"ranking": report.get("ranking"), "primary_metric": report["primary_metric"]})
+    from .wandb_log import finish
+
+    finish()
 
 
 def cmd_export(argv):

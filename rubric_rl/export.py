@@ -82,20 +82,30 @@ def plot_reward_curve(metrics_path: Path, png_path: Path) -> list[tuple[int, flo
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps, rewards = zip(*points)
-    ax.plot(steps, rewards, lw=1, alpha=0.5, label="reward")
     k = max(1, len(rewards) // 10)
-    smooth = [sum(rewards[max(0, i - k + 1):i + 1]) / len(rewards[max(0, i - k + 1):i + 1]) for i in range(len(rewards))]
-    ax.plot(steps, smooth, lw=2, label=f"moving mean ({k})")
+    few = len(rewards) <= 20
+    ax.plot(steps, rewards, lw=1, alpha=0.5 if k > 1 else 1.0, marker="o" if few else None, ms=3, label="reward")
+    if k > 1:  # with under 20 steps the moving mean is the reward itself: not drawn over it
+        smooth = [sum(rewards[max(0, i - k + 1):i + 1]) / len(rewards[max(0, i - k + 1):i + 1])
+                  for i in range(len(rewards))]
+        ax.plot(steps, smooth, lw=2, label=f"reward, moving mean of {k} steps")
+    handles, labels = ax.get_legend_handles_labels()
     valid = [(r["step"], r["valid_rate"]) for r in rows if isinstance(r.get("valid_rate"), int | float)]
     if valid:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*valid), color="grey", lw=1, ls="--", label="valid rate")
+        ax2.plot(*zip(*valid), color="grey", lw=1, ls="--", marker="s" if few else None, ms=3,
+                 label="valid rate (right axis)")
         ax2.set_ylabel("valid rate")
         ax2.set_ylim(0, 1.05)
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("reward (as shaped)")
     ax.set_title("Rubric generator: reward during RL")
-    ax.legend(loc="lower right")
+    ax.legend(handles, labels, loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

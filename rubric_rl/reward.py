@@ -25,7 +25,6 @@ failed for good is ``influence_service_<code>``, unscorable).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import Counter
@@ -156,7 +155,8 @@ class RewardStats:
 class InfluenceReward:
     """``reward_funcs`` entry for TRL: scores rubric completions by the influence of their samples."""
 
-    __name__ = "influence"  # TRL names reward columns after this
+    # TRL names its reward column (the completions table) and rewards/<name>/* metrics after this: the shaped reward
+    __name__ = "reward"
 
     def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
                  scaling: str = "running", scale: float = 1.0, novelty_weight: float = 0.0,
@@ -263,7 +263,7 @@ class InfluenceReward:
         return [r.reward for r in rollouts]
 
     def _account(self, rollouts: list["Rollout"], step, log_metric, log_extra, timings: dict, t0: float) -> None:
-        """Counts, metrics (``log_metric``), TRL's completion table (``log_extra``) and the rollout log."""
+        """Counts, metrics (``log_metric``), TRL's completions table (``log_extra``) and the rollout log."""
         import time
 
         n = len(rollouts)
@@ -288,11 +288,10 @@ class InfluenceReward:
             finite_nov = [r.novelty for r in rollouts if r.novelty is not None]
             if finite_nov:
                 log_metric("novelty_mean", sum(finite_nov) / len(finite_nov))
-        if log_extra is not None:
-            log_extra("outcome", [r.reason or "valid" for r in rollouts])
-            log_extra("raw_influence", [r.influence for r in rollouts])
-            log_extra("novelty", [r.novelty for r in rollouts])
-            log_extra("sample", [json.dumps(r.sample, ensure_ascii=False) if r.sample else "" for r in rollouts])
+        if log_extra is not None:  # columns beside TRL's prompt, completion, reward (shaped) and advantage
+            rows = [r.table_row() for r in rollouts]
+            for column in rows[0] if rows else ():
+                log_extra(column, [row[column] for row in rows])
         if self.log_path is not None:
             append_jsonl(self.log_path, (r.log_row(step) for r in rollouts))
 
@@ -323,6 +322,14 @@ class Rollout:
     @property
     def valid(self) -> bool:
         return self.sample is not None and not self.unscorable
+
+    def table_row(self) -> dict:
+        """This rollout's columns in TRL's completions table (``log_completions``; W&B): the raw influence, whether
+        it is valid and why not, the document, and the teacher's sample (its raw text where it was rejected)."""
+        c = Candidate(self.sample) if self.sample else None
+        return {"influence": self.influence, "valid": self.valid, "outcome": self.reason or "valid",
+                "novelty": self.novelty, "doc_id": str(self.doc_id), "question": c.question if c else "",
+                "answer": c.answer if c else "", "teacher_text": (self.teacher_text or "") if c is None else ""}
 
     def log_row(self, step) -> dict:
         return {"step": step, "doc_id": self.doc_id, "rubric": self.text, "outcome": self.reason or "valid",

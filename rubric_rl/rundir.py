@@ -30,8 +30,8 @@ from .jsonl import append_jsonl
 ARGS_FILE = "rubric_rl_args.json"
 CHANGES_FILE = "args_changes.jsonl"
 KEEP = ("warmup", "influence_cache", "sft_warmstart")  # reusable caches, keyed by their own arguments
-# What a run writes besides checkpoints (removed by --overwrite_output_dir).
-RUN_FILES = (ARGS_FILE, CHANGES_FILE, "metrics.jsonl", "run_summary.json", "export", "eval",
+# What a run writes besides checkpoints (removed by --overwrite_output_dir); completions/: TRL's log_completions.
+RUN_FILES = (ARGS_FILE, CHANGES_FILE, "metrics.jsonl", "run_summary.json", "export", "eval", "completions",
              "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors",
              "adapter_config.json", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json",
@@ -150,12 +150,20 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+def blank_secrets(fields: dict) -> dict:
+    """``fields`` (one config section) with every token field set to None: never stored, never logged."""
+    return {key: None if "token" in key and key.endswith(("_token", "hub_token")) else value
+            for key, value in fields.items()}
+
+
+def run_args(**configs) -> dict:
+    """``{section: {field: value}}`` of the given configs, JSON-safe, tokens blanked (``rubric_rl_args.json``,
+    the W&B run config)."""
+    return {name: blank_secrets(_jsonable(cfg)) for name, cfg in configs.items()}
+
+
 def save_run_args(output_dir: Path, **configs) -> None:
-    data = {name: _jsonable(cfg) for name, cfg in configs.items()}
-    for cfg in data.values():  # never store tokens
-        for key in list(cfg):
-            if "token" in key and key.endswith(("_token", "hub_token")):
-                cfg[key] = None
+    data = run_args(**configs)
     (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
 
 

@@ -16,6 +16,9 @@ folder in order::
       rollouts.jsonl          every rollout: rubric, outcome, influence, reward, sample
       model files             the final policy
       export/                 the standalone rubric generator (see rubric_rl.export)
+
+With ``report_to: wandb`` the whole job is one W&B run (``rubric_rl.wandb_log``): rubric-rl's settings in its config,
+the SFT warm start's and the warm-up's losses, the GRPO series and completions table, the export as an artifact.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from . import wandb_log
 from .errors import UserError
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .progress import phase, quiet_trainer_logs
@@ -113,7 +117,7 @@ def _keep_lines(path: Path, keep) -> None:
 
 
 class InfluenceHistogramCallback(TrainerCallback):
-    """With report_to=wandb: an influence histogram per logging step (TRL logs the rubric table)."""
+    """With report_to=wandb: an influence histogram per logging step (TRL logs the completions table)."""
 
     def __init__(self, reward):
         self.reward = reward
@@ -180,6 +184,7 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     marker = target / "warmstart_args.json"
     if marker.exists() and json.loads(marker.read_text()) == spec:
         logger.info("reusing SFT warm start in %s", target)
+        wandb_log.log_stage("sft_warmstart", wandb_log.trainer_log_history(target), reused=True)
         return load_causal_lm(str(target), tokenizer, dtype=torch.float32)
     if not args.seed_rubrics:
         raise ValueError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
@@ -210,7 +215,9 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     if trainer.accelerator.is_main_process:
         model.save_pretrained(str(target))
         tokenizer.save_pretrained(str(target))
+        (target / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         marker.write_text(json.dumps(spec, indent=1))
+        wandb_log.log_stage("sft_warmstart", trainer.state.log_history, reused=False)
     trainer.accelerator.wait_for_everyone()
     del trainer
     return model
@@ -274,6 +281,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     from .data.documents import load_documents
     from .data.prompts import build_prompt_dataset
     from .influence import InfluenceScorer, run_warmup
+    from .influence.warmup import warmup_finished
     from .models import load_causal_lm, load_tokenizer
     from .reward import InfluenceReward
     from .synth.decontam import load_eval_items
@@ -295,6 +303,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         raise UserError(f"--resume_from_checkpoint: the checkpoint is at step {decision['step']}, already "
                         f"max_steps={grpo_args.max_steps}; raise --max_steps to train on, or write the generator "
                         f"with `rubric-rl export --run {output_dir} --output {output_dir / 'export'}`")
+    wandb_log.start_run(args, grpo_args, teacher_cfg, influence_cfg, is_main_process=state.is_main_process)
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
     dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)
@@ -318,7 +327,9 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         service = InfluenceClient.from_args(args)  # (preflight warned about settings that differ from the run's)
         service.connect(wait_s=args.reward_influence_wait_s)
     else:
+        warmup_reused = warmup_finished(output_dir)
         run_warmup(influence_cfg, output_dir)
+        wandb_log.log_stage("warmup", wandb_log.trainer_log_history(output_dir / "warmup"), reused=warmup_reused)
 
     teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
@@ -352,6 +363,10 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         reward.log_path.unlink(missing_ok=True)
     state.wait_for_everyone()
 
+    if grpo_args.log_completions and grpo_args.num_completions_to_print is None:
+        # TRL would print every completion of every logged step as a rich table (thousands of lines); the table
+        # goes to W&B and OUTPUT_DIR/completions/ anyway. num_completions_to_print: N prints N per step.
+        grpo_args.num_completions_to_print = 0
     trainer_cls, rl_args = rl_trainer_class(args, grpo_args)
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=rl_args, train_dataset=dataset, processing_class=tokenizer,
@@ -376,7 +391,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
 
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes), "preflight": preflight, **made_by}
+               "outcomes": dict(reward.stats.outcomes), "preflight": preflight,
+               "global_step": trainer.state.global_step, **made_by}
     if service is not None:
         summary["influence_service"] = service.describe()  # this process's requests
         service.close()
@@ -387,6 +403,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         phase("export", str(export_dir))
         export_run(output_dir, export_dir)
         summary["export_dir"] = str(export_dir)
+        wandb_log.log_artifact(export_dir, "rubric-generator", metadata={
+            "global_step": summary["global_step"], "reward": summary["reward"], "influence": summary["influence"]})
         (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
     state.wait_for_everyone()
     return summary

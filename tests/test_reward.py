@@ -116,6 +116,14 @@ def test_reward_callable_end_to_end(quickstart_dir, tmp_path):
     assert out[3] is None  # teacher infrastructure failure: unscorable, not the rubric's fault
     assert metrics["valid_rate"] == pytest.approx(0.5)
     assert extras["outcome"][2] == "rubric_no_rubric_found" and extras["outcome"][3] == "teacher_timeout"
+    # TRL's completions table: its reward column (named after the callable) is the shaped reward; the raw
+    # influence, validity, document and the teacher's question and answer are columns of their own
+    assert reward.__name__ == "reward" and "raw_influence" not in extras
+    assert extras["valid"] == [True, True, False, False] and extras["doc_id"] == ["d0"] * 4
+    logged = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert extras["influence"] == [r["influence"] for r in logged] and extras["influence"][2:] == [None, None]
+    assert extras["influence"][0] == len(logged[0]["sample"][-1]["content"].split())  # FakeScorer's raw score
+    assert all(extras["question"][:2]) and all(extras["answer"][:2]) and extras["question"][2:] == ["", ""]
     assert reward.stats.outcomes["valid"] == 2
     lines = [json.loads(x) for x in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and lines[2]["reward"] == pytest.approx(-0.1)

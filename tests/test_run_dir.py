@@ -46,6 +46,8 @@ def old_run(out: Path, *extra, steps=(25, 30)) -> Path:
     (out / "model.safetensors").write_bytes(b"x")
     (out / "export").mkdir()
     (out / "export" / "config.json").write_text("{}")
+    (out / "completions").mkdir()  # TRL's log_completions
+    (out / "completions" / "completions_00030.parquet").write_bytes(b"x")
     for cache in ("warmup", "influence_cache", "sft_warmstart"):
         (out / cache).mkdir()
         (out / cache / "kept.json").write_text("{}")

@@ -171,28 +171,3 @@ def test_rloo_algorithm_runs(full_run, quickstart_dir):
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2] and summary["reward"]["steps"] == 2
     assert "reward" in rows[0] and "valid_rate" in rows[0]
-
-
-@pytest.mark.slow
-def test_wandb_offline_logs_series_table_and_histogram(full_run, quickstart_dir, monkeypatch):
-    import shutil
-
-    from rubric_rl.train import train
-
-    tmp, full_out, _ = full_run
-    out = tmp / "wandb"
-    out.mkdir()
-    shutil.copytree(full_out / "sft_warmstart", out / "sft_warmstart")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp / "wandb_dir"))
-    (tmp / "wandb_dir").mkdir()
-    train(*make_args(tmp, quickstart_dir, out, "--max_steps", "2", "--report_to", "wandb",
-                     "--log_completions", "true", "--num_completions_to_print", "1"))
-    run_file = next((tmp / "wandb_dir" / "wandb").glob("offline-run-*/run-*.wandb"))
-    data = run_file.read_bytes()
-    for key in (b"valid_rate", b"influence_mean", b"influence/histogram", b"train/reward"):
-        assert key in data, key
-    tables = list((tmp / "wandb_dir" / "wandb").glob("offline-run-*/files/media/table/*.json"))
-    columns = json.loads(tables[0].read_text())["columns"]
-    for col in ("completion", "influence", "outcome", "raw_influence", "sample"):
-        assert col in columns

@@ -143,6 +143,24 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def table_rows(report: dict) -> tuple[list[str], list[list]]:
+    """:func:`format_table`'s table as numbers (columns, rows): the untrained target, then each source in rank
+    order; a metric is its mean and std over seeds (None where there is none)."""
+    primary = report["primary_metric"]
+    metrics = ("loss", "acc", "acc_norm", "gold_choice_nll", f"{primary}_gain", "influence_mean", "validity_rate",
+               "distinct_2", "samples", "tokens")
+    columns = ["source", "kind", "rank"] + [c for m in metrics for c in (m, f"{m}_std")]
+    b = report["baseline"]
+    base = {"loss": b.get("loss"), "acc": b.get("acc"), "acc_norm": b.get("acc_norm"),
+            "gold_choice_nll": b.get("gold_choice_nll"), f"{primary}_gain": 0.0, "samples": 0, "tokens": 0}
+    rows = [["(untrained target)", "-", None] + [v for m in metrics for v in (base.get(m), None)]]
+    for rank, name in enumerate(report["ranking"], 1):
+        s = report["summary"][name]
+        rows.append([name, report["sources"][name]["kind"], rank]
+                    + [v for m in metrics for v in (s[m]["mean"], s[m]["std"])])
+    return columns, rows
+
+
 def format_markdown(report: dict) -> str:
     primary = report["primary_metric"]
     seeds = report["seeds"]

@@ -93,26 +93,36 @@ def format_markdown(report: dict) -> str:
 
 def write_plot(report: dict, out_dir: Path) -> str:
     """budget_curve.png: the held-out primary metric vs budget spent, one line per rule (mean over seeds, a band
-    of one std) from the untrained target at 0; a one-round rule (static) is its end point with a std bar."""
+    of one std) from the untrained target at 0 (drawn once, black); a one-round rule (static) is its end point with
+    a std bar. Each rule has its own marker and line style and hollow markers of decreasing size, so rules whose
+    curves coincide (e.g. two rules that pick the same seeds) stay visible on top of one another."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    markers, styles = ("o", "^", "v", "D", "P", "X", "<", ">"), ("-", "-.", ":", (0, (3, 1, 1, 1, 1, 1)))
     p = report["primary_metric"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     base = report["baseline"].get(p)
-    for rule, r in report["rules"].items():
+    rules = list(report["rules"].items())
+    for k, (rule, r) in enumerate(rules):
         xs = [0] + [c["spent"] for c in r["mean_curve"]]
         means = [base] + [c[p]["mean"] for c in r["mean_curve"]]
         stds = [0.0] + [c[p]["std"] or 0.0 for c in r["mean_curve"]]
+        size = 4 + 0.9 * (len(rules) - k)  # earlier rules bigger: identical points show as nested markers
         if len(xs) == 2:  # one round (static): its end point only, no line from the untrained target
-            ax.errorbar(xs[1:], means[1:], yerr=stds[1:], fmt="s", capsize=4, markersize=7, label=f"{rule} (1 round)")
+            ax.errorbar(xs[1:], means[1:], yerr=stds[1:], fmt="s", capsize=4, markersize=size + 2, fillstyle="none",
+                        markeredgewidth=1.5, label=f"{rule} (1 round)", zorder=3)
             continue
-        style = "--" if rule == RANDOM else "-"
-        (line,) = ax.plot(xs, means, style, marker="o", label=rule)
+        style = "--" if rule == RANDOM else styles[k % len(styles)]
+        (line,) = ax.plot(xs[1:], means[1:], linestyle=style, marker=markers[k % len(markers)], markersize=size,
+                          fillstyle="none", markeredgewidth=1.3, label=rule)
+        ax.plot(xs[:2], means[:2], linestyle=style, color=line.get_color())  # from the untrained target: no marker
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.15)
+                        color=line.get_color(), alpha=0.12)
+    if base is not None:
+        ax.plot([0], [base], "o", color="black", markersize=6, label="untrained target", zorder=4)
     ax.set_xlabel(f"budget spent ({report['budget_unit']})")
     ax.set_ylabel(f"held-out test {p}")
     ax.set_title(f"closed loop: test {p} vs budget ({len(report['seeds'])} seeds)", fontsize=10)
