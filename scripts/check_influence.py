@@ -7,11 +7,13 @@ For the config's target (warm-up reused from OUTPUT_DIR/warmup or made there) an
    target task on other facts) should outscore ``--unrelated`` ones (default: data/checks/off_domain.jsonl,
    general-knowledge QA);
 2. first order: one real torch.optim.Adam step (lr ``--lr``) on each candidate at the last warm-up
-   checkpoint; the estimator's scores must rank candidates like the actual validation-loss decrease
-   (Spearman, over all candidates and within the related ones).
+   checkpoint; the estimator's scores must rank candidates like the actual decrease of the validation
+   objective (``influence_objective``; Spearman, over all candidates and within the related ones).
+   ``--mislabelled`` adds the right/wrong twins of the first validation items as candidates.
 
 Each estimator setting in ``--variants`` is scored (``default`` = the config as given; others as
-``estimator/direction/center/proj_dim/checkpoints``, e.g. ``less/adam/nocenter/2048/all``). Writes
+``estimator/direction/center/proj_dim/checkpoints[/objective]``, e.g. ``less/adam/nocenter/2048/all`` or
+``dot/adam/nocenter/0/all/tokens``). Writes
 OUTPUT_DIR/influence_check.json and prints a table.
 
     python scripts/check_influence.py --config configs/smollm2_cpu.yaml --output_dir runs/smollm2_check
@@ -40,10 +42,11 @@ def parse_variant(spec: str, base) -> object:
     if spec == "default":
         return base
     try:
-        est, direction, center, dim, ckpts = spec.split("/")
+        est, direction, center, dim, ckpts, *objective = spec.split("/")
         return dataclasses.replace(base, influence_estimator=est, influence_direction=direction,
                                    influence_center=center == "center", influence_proj_dim=int(dim),
-                                   influence_checkpoints=[ckpts])
+                                   influence_checkpoints=[ckpts],
+                                   influence_objective=objective[0] if objective else base.influence_objective)
     except (ValueError, TypeError) as err:
         raise SystemExit(f"check_influence: bad variant {spec!r} (estimator/direction/center|nocenter/dim/"
                          f"all|last): {err}") from None
@@ -67,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     p.add_argument("--no_first_order", action="store_true", help="Only the AUC (no real Adam steps).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    p.add_argument("--mislabelled", type=int, default=0,
+                   help="Add the right and wrong twins (rubric_rl.influence.mislabel) of the first N validation "
+                        "items as candidates, and report their AUC.")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -84,6 +90,13 @@ def main(argv=None) -> int:
     unrelated = read_chat(a.unrelated)
     candidates = related + unrelated
     is_related = [True] * len(related) + [False] * len(unrelated)
+    twins = []
+    if a.mislabelled:
+        from rubric_rl.influence.mislabel import mislabelled_pairs
+
+        twins = mislabelled_pairs(load_chat_samples(cfg.influence_validation_data)[:a.mislabelled], seed=0)
+        candidates = candidates + [p.right for p in twins] + [p.wrong for p in twins]
+        is_related = is_related + [True] * (2 * len(twins))
     t0 = time.perf_counter()
     base = InfluenceScorer.from_config(cfg, a.output_dir, progress=True)
     print(f"scorer built in {time.perf_counter() - t0:.1f} s: {base.engine.num_params:,} trainable parameters, "
@@ -93,6 +106,7 @@ def main(argv=None) -> int:
     base.close()
 
     report = {"config": a.config, "target": cfg.target_model_name_or_path, "num_params": base.engine.num_params,
+              "objective": cfg.influence_objective,
               "num_related": len(related), "num_unrelated": len(unrelated), "lr": a.lr, "variants": {},
               **provenance()}
     truth = None
@@ -101,7 +115,7 @@ def main(argv=None) -> int:
         val_rows = load_chat_samples(cfg.influence_validation_data)
         truth = actual_decreases(model, tok, ckpts_all[-1], candidates, val_rows, lr=a.lr,
                                  max_length=cfg.influence_max_length, subtask_field=cfg.influence_subtask_field,
-                                 device=device, progress=True)
+                                 device=device, progress=True, objective=cfg.influence_objective)
         report["first_order"] = {"checkpoint": ckpts_all[-1].name, "seconds": round(time.perf_counter() - t0, 1),
                                  **truth}
     for spec in a.variants:
@@ -112,8 +126,9 @@ def main(argv=None) -> int:
         scorer.load_validation(vcfg.influence_validation_data, cache_dir=Path(a.output_dir) / "influence_cache")
         scores = [r.value for r in scorer.score(candidates)]
         scorer.close()
-        rel = [s for s, r in zip(scores, is_related) if r]
-        unr = [s for s, r in zip(scores, is_related) if not r]
+        n0 = len(related) + len(unrelated)
+        rel = [s for s, r in zip(scores[:n0], is_related) if r]
+        unr = [s for s, r in zip(scores[:n0], is_related) if not r]
         row = {"estimator": vcfg.influence_estimator, "direction": vcfg.influence_direction,
                "center": vcfg.influence_center, "proj_dim": vcfg.influence_proj_dim,
                "checkpoints": vcfg.influence_checkpoints, "auc": auc(rel, unr), "scores": scores,
@@ -122,17 +137,24 @@ def main(argv=None) -> int:
             row["spearman_all"] = spearman(scores, truth["max_subtask"])
             row["spearman_related"] = spearman(rel, truth["max_subtask"][:len(rel)])
             row["spearman_all_mean_loss"] = spearman(scores, truth["mean"])
+        if twins:
+            from rubric_rl.influence.mislabel import pair_summary
+
+            k = len(twins)
+            row["mislabelled"] = pair_summary(scores[n0:n0 + k], scores[n0 + k:])
         report["variants"][spec] = row
         def fmt(x):
             return "-" if x is None else f"{x:+.3f}"
 
         print(f"{spec:32s} AUC {row['auc']:.3f}" + (f"  Spearman all {fmt(row['spearman_all'])}  related "
-              f"{fmt(row['spearman_related'])}" if truth else "") + f"  ({row['seconds']} s)", flush=True)
+              f"{fmt(row['spearman_related'])}" if truth else "")
+              + (f"  mislabelled AUC {row['mislabelled']['auc']:.3f} wins {row['mislabelled']['paired_wins']}/{k}"
+                 if twins else "") + f"  ({row['seconds']} s)", flush=True)
     out = Path(a.output_dir) / "influence_check.json"
     out.write_text(json.dumps(report, indent=1))
     if truth is not None:
         rel_t = truth["max_subtask"][:len(related)]
-        unr_t = truth["max_subtask"][len(related):]
+        unr_t = truth["max_subtask"][len(related):len(related) + len(unrelated)]
         print(f"actual decrease (max over subtasks): related mean {sum(rel_t) / len(rel_t):.3e}, unrelated mean "
               f"{sum(unr_t) / len(unr_t):.3e}; AUC of the truth itself {auc(rel_t, unr_t):.3f}")
     print(out)

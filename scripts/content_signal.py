@@ -105,47 +105,34 @@ def products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> dict:
 
 
 def choice_products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> list[dict]:
-    """Per checkpoint: Adam directions of ``samples`` times each validation item's gradient of the
-    multiple-choice objective -log softmax_j(log p(answer_j))[gold] over its answer variants."""
+    """Per checkpoint: Adam directions of ``samples`` times each validation item's gradient of the choice
+    loss (rubric_rl.influence.choices: -log softmax over the item's choices of the gold one, the held-out
+    scorer's context and continuations)."""
+    from rubric_rl.influence.choices import choice_chats, choice_gradient
     from rubric_rl.influence.grads import Direction
-    from rubric_rl.influence.mislabel import answer_variants
 
     ml = scorer.cfg.influence_max_length
     sgd = Direction("sgd")
     bs = scorer.cfg.influence_batch_size
     chats = [scorer._tokenize(m, ml)[0] for m in samples]
-    items = [answer_variants(r) for r in val_rows]
+    items = [choice_chats(scorer.tokenizer, r, ml) for r in val_rows]
     out = []
     with scorer._grad_context():
         for i, ck in enumerate(scorer.checkpoints):
             scorer._use_checkpoint(i)
-            rows = []
-            for variants, gold in items:
-                vch = [scorer._tokenize(v, ml)[0] for v in variants]
-                f = scorer.engine.features(vch, sgd)
-                n = torch.tensor([sum(x != -100 for x in c.labels[1:]) for c in vch], dtype=f.features.dtype)
-                logp = -f.losses.to(n.dtype) * n
-                q = torch.softmax(logp, 0)
-                w = -q
-                w[gold] += 1
-                rows.append(((w * n).unsqueeze(1) * f.features).sum(0))
-            C = torch.stack(rows)
-            g_val = torch.cat([scorer.engine.features([scorer._tokenize(r["messages"], ml)[0] for r in val_rows[k:k + bs]],
-                                                      sgd).features for k in range(0, len(val_rows), bs)])
+            C = torch.cat([choice_gradient(scorer.engine, c, g, sgd)[0] for c, g in items])
             adam = scorer._directions[i]
             zero = torch.cat([adam._step(e.name, torch.zeros(1, e.numel, dtype=scorer.dtype))[0]
                               for e in scorer.engine.entries])
-            A_C, S_C = [], []
+            A_C = []
             t0 = time.perf_counter()
             for k in range(0, len(chats), bs):
-                batch = chats[k:k + bs]
-                A_C.append(scorer.engine.features(batch, adam).features @ C.T)
-                S_C.append(scorer.engine.features(batch, sgd).features @ C.T)
+                A_C.append(scorer.engine.features(chats[k:k + bs], adam).features @ C.T)
                 print(f"  {ck.name}: {min(k + bs, len(chats))}/{len(chats)} samples ({time.perf_counter() - t0:.0f} s)",
                       end="\r", flush=True)
             print()
-            out.append({"name": ck.name, "A_C": torch.cat(A_C).tolist(), "S_C": torch.cat(S_C).tolist(),
-                        "C_C": (C @ C.T).tolist(), "G_C": (g_val @ C.T).tolist(), "Z_C": (zero @ C.T).tolist()})
+            out.append({"name": ck.name, "A_C": torch.cat(A_C).tolist(), "C_C": (C @ C.T).tolist(),
+                        "Z_C": (zero @ C.T).tolist()})
     return out
 
 
