@@ -62,10 +62,16 @@ def cmd_train(argv):
             others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
             print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
             # the evaluation judges the reward this run trained on: its teacher and influence settings are the run's
-            cmd_evaluate(["--config", args.evaluate_config,
-                          "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
-                          "--output", str(Path(summary["output_dir"]) / "eval")],
-                         teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
+            report = cmd_evaluate(["--config", args.evaluate_config,
+                                   "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
+                                   "--output", str(Path(summary["output_dir"]) / "eval")],
+                                  teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
+            from .evaluate.distribution import compare_with_distribution
+
+            # the committed distribution over training seeds (reports/quickstart/), when made with these settings
+            line = compare_with_distribution(summary["output_dir"], report)
+            if line:
+                print("\n" + line, flush=True)
 
 
 def cmd_export(argv):
