@@ -72,6 +72,12 @@ def cmd_train(argv):
                 log_evaluation(report, eval_dir, summary.get("global_step"))
                 log_artifact(eval_dir, "evaluation", files=["report.json", "report.md", *report.get("plots", [])],
                              metadata={"ranking": report.get("ranking"), "primary_metric": report["primary_metric"]})
+            from .evaluate.distribution import compare_with_distribution
+
+            # the committed distribution over training seeds (reports/quickstart/), when made with these settings
+            line = compare_with_distribution(summary["output_dir"], report)
+            if line:
+                print("\n" + line, flush=True)
     from .wandb_log import finish
 
     finish()

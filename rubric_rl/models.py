@@ -320,6 +320,21 @@ def load_model_and_tokenizer(name_or_path: str, *, dtype="auto", trust_remote_co
     return model, tok
 
 
+def add_weight_noise(model, std: float, seed: int) -> int:
+    """Add N(0, std) noise to every parameter of ``model`` in place, drawn in ``named_parameters`` order from a CPU
+    generator seeded with ``seed`` (torch's global RNG is untouched); returns the number of values perturbed."""
+    if std <= 0:
+        return 0
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    count = 0
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32) * std
+            param.add_(noise.to(device=param.device, dtype=param.dtype))
+            count += param.numel()
+    return count
+
+
 def dequantized(model):
     """Forget that a model came from a GGUF file: its weights are dequantised already, and without this
     ``save_pretrained`` and PEFT treat it as a quantised model."""

@@ -165,6 +165,19 @@ def rl_trainer_class(args, grpo_args):
     return RLOOTrainer, RLOOConfig(**kwargs)
 
 
+def warmstart_spec(args, grpo_args) -> dict:
+    """What the SFT warm start depends on: a finished one whose ``warmstart_args.json`` equals it is reused."""
+    spec = {"policy": args.policy_model_name_or_path, "seed_rubrics": args.seed_rubrics,
+            "epochs": args.policy_sft_epochs, "lr": args.policy_sft_learning_rate,
+            "batch_size": args.policy_sft_batch_size, "max_documents": args.policy_sft_max_documents,
+            "max_document_chars": args.max_document_chars, "seed": grpo_args.seed, "task": args.task_description,
+            "documents": args.documents, "rubric_format": args.rubric_format,
+            "lora": [args.policy_lora_r, args.policy_lora_alpha] if args.policy_use_peft else None}
+    if args.policy_init_noise:  # only when set: warm starts made before the field existed stay reusable
+        spec["init_noise"] = [args.policy_init_noise, args.policy_init_noise_seed]
+    return spec
+
+
 def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path):
     """Fine-tune the policy on (policy prompt, seed rubric) pairs; reuses a finished warm start."""
     from datasets import Dataset
@@ -175,12 +188,7 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     from .models import load_causal_lm
 
     target = output_dir / "sft_warmstart"
-    spec = {"policy": args.policy_model_name_or_path, "seed_rubrics": args.seed_rubrics,
-            "epochs": args.policy_sft_epochs, "lr": args.policy_sft_learning_rate,
-            "batch_size": args.policy_sft_batch_size, "max_documents": args.policy_sft_max_documents,
-            "max_document_chars": args.max_document_chars, "seed": grpo_args.seed, "task": args.task_description,
-            "documents": args.documents, "rubric_format": args.rubric_format,
-            "lora": [args.policy_lora_r, args.policy_lora_alpha] if args.policy_use_peft else None}
+    spec = warmstart_spec(args, grpo_args)
     marker = target / "warmstart_args.json"
     if marker.exists() and json.loads(marker.read_text()) == spec:
         logger.info("reusing SFT warm start in %s", target)
@@ -312,6 +320,12 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     tokenizer = load_tokenizer(args.policy_model_name_or_path, trust_remote_code=args.policy_trust_remote_code)
     model = load_causal_lm(args.policy_model_name_or_path, tokenizer, dtype=args.policy_dtype,
                            trust_remote_code=args.policy_trust_remote_code)
+    if args.policy_init_noise:
+        from .models import add_weight_noise
+
+        n = add_weight_noise(model, args.policy_init_noise, args.policy_init_noise_seed)
+        logger.info("policy_init_noise: N(0, %g) added to %d policy weights (noise seed %d)", args.policy_init_noise,
+                    n, args.policy_init_noise_seed)
     if args.policy_sft_warmstart:
         model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
 

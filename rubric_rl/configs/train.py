@@ -72,6 +72,14 @@ class RubricRLArguments:
     policy_sft_max_documents: int = field(
         default=16, metadata={"help": "Warm-start SFT pairs every seed rubric with this many documents."}
     )
+    policy_init_noise: float = field(
+        default=0.0,
+        metadata={"help": "Add N(0, std) noise with this std to every policy weight after loading, before the SFT warm "
+                          "start, drawn from its own generator (policy_init_noise_seed), so no other random draw of "
+                          "the run changes. A tiny value (1e-6) stands in for another CPU's numerics "
+                          "(scripts/reproduce_quickstart.py, condition perturb). 0 = off."},
+    )
+    policy_init_noise_seed: int = field(default=0, metadata={"help": "Seed of the policy_init_noise draw."})
     torch_num_threads: int = field(
         default=0,
         metadata={"help": "CPU threads for torch (0 = torch's default). Tiny CPU runs are fastest with 1, "
@@ -271,6 +279,8 @@ class RubricRLArguments:
                      "policy_sft_max_documents"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.policy_init_noise < float("inf"):
+            raise ValueError(f"policy_init_noise must be a finite std >= 0, got {self.policy_init_noise!r}")
         if self.torch_num_threads < 0:
             raise ValueError(f"torch_num_threads must be >= 0, got {self.torch_num_threads!r}")
         if self.policy_sft_epochs <= 0:
