@@ -134,8 +134,13 @@ def main(argv=None) -> int:
                "checkpoints": vcfg.influence_checkpoints, "auc": auc(rel, unr), "scores": scores,
                "seconds": round(time.perf_counter() - t0, 1)}
         if truth is not None:
-            row["spearman_all"] = spearman(scores, truth["max_subtask"])
-            row["spearman_related"] = spearman(rel, truth["max_subtask"][:len(rel)])
+            # a centred score predicts what z adds to the momentum-only step; an uncentred one the whole step
+            key = "max_subtask_centred" if vcfg.influence_center else "max_subtask"
+            row["truth"] = key
+            row["spearman_all"] = spearman(scores, truth[key])
+            row["spearman_related"] = spearman(rel, truth[key][:len(rel)])
+            if twins:
+                row["spearman_mislabelled"] = spearman(scores[n0:], truth[key][n0:])
             row["spearman_all_mean_loss"] = spearman(scores, truth["mean"])
         if twins:
             from rubric_rl.influence.mislabel import pair_summary
@@ -150,13 +155,23 @@ def main(argv=None) -> int:
               f"{fmt(row['spearman_related'])}" if truth else "")
               + (f"  mislabelled AUC {row['mislabelled']['auc']:.3f} wins {row['mislabelled']['paired_wins']}/{k}"
                  if twins else "") + f"  ({row['seconds']} s)", flush=True)
-    out = Path(a.output_dir) / "influence_check.json"
-    out.write_text(json.dumps(report, indent=1))
     if truth is not None:
         rel_t = truth["max_subtask"][:len(related)]
         unr_t = truth["max_subtask"][len(related):len(related) + len(unrelated)]
         print(f"actual decrease (max over subtasks): related mean {sum(rel_t) / len(rel_t):.3e}, unrelated mean "
               f"{sum(unr_t) / len(unr_t):.3e}; AUC of the truth itself {auc(rel_t, unr_t):.3f}")
+        if twins:
+            from rubric_rl.influence.mislabel import pair_summary
+
+            n0, k = len(related) + len(unrelated), len(twins)
+            for key in ("max_subtask", "max_subtask_centred"):
+                t = truth[key]
+                own = pair_summary(t[n0:n0 + k], t[n0 + k:])
+                report["first_order"][f"mislabelled_{key}"] = own
+                print(f"the real step itself ({key}) on the mislabelled twins: AUC {own['auc']:.3f}, right > wrong "
+                      f"{own['paired_wins']}/{k}")
+    out = Path(a.output_dir) / "influence_check.json"
+    out.write_text(json.dumps(report, indent=1))
     print(out)
     return 0
 

@@ -62,9 +62,21 @@ def variants(ck: dict, subtasks: list[str], choice: dict | None = None) -> dict[
         out["choices: adam/dot/subtask"] = sub_max(AC)
         out["choices: adam/dot/mean"] = AC.mean(1)
         out["choices: adam/dot/item_max"] = AC.max(1).values
-        out["tokens+choices: adam/dot/subtask (default)"] = sub_max(AG + AC)
+        out["tokens+choices: adam/dot/subtask"] = sub_max(AG + AC)
         out["tokens+choices: adam/dot/mean"] = (AG + AC).mean(1)
         out["tokens+choices: adam/dot/item_max"] = (AG + AC).max(1).values
+        # centred (influence_center): minus the zero-gradient step's products
+        ACc = AC - torch.tensor(choice["Z_C"], dtype=torch.float64)
+        AGc = AG - ZG
+        nAc = (nA**2 - 2 * AZ + nZ**2).clamp_min(0).sqrt()
+        out["choices: adamc/dot/subtask"] = sub_max(ACc)
+        out["choices: adamc/dot/item_max"] = ACc.max(1).values
+        out["tokens+choices: adamc/dot/subtask (default)"] = sub_max(AGc + ACc)
+        out["tokens+choices: adamc/dot/mean"] = (AGc + ACc).mean(1)
+        out["tokens+choices: adamc/dot/item_max"] = (AGc + ACc).max(1).values
+        for lam in (0.5, 2.0, 4.0):
+            out[f"tokens+{lam:g}*choices: adamc/dot/subtask"] = sub_max(AGc + lam * ACc)
+        out["tokens+choices: adamc/cos_sample/subtask"] = sub_max(AGc + ACc) / nAc
     return out
 
 
@@ -96,7 +108,7 @@ def main(argv=None) -> int:
     for ck, cc in zip(cks, chk):
         v = variants(ck, rep["subtasks"], cc)
         for k in v:  # dot: weighted by lr (first-order); cosines: by normalised lr
-            w = ck["lr"] if "/dot" in k or "dot_" in k else ck["lr"] / sum(lrs)
+            w = ck["lr"] if ("/dot" in k or "dot_" in k) and "cos_sample" not in k else ck["lr"] / sum(lrs)
             v[k] = v[k] * w
         total = v if total is None else {k: total[k] + v[k] for k in total}
     spans = rep["spans"]

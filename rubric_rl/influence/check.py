@@ -94,9 +94,11 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
     """Validation-loss decrease after one real Adam step on each candidate alone, at ``checkpoint``.
 
     ``model`` is the peft model; its trainable parameters are set to the checkpoint's adapter weights and
-    restored after every trial. Returns ``{"max_subtask": [...], "mean": [...], "base_loss": float}``: the
-    decrease of the max-over-subtasks of the per-subtask mean loss decrease (the estimator's aggregation)
-    and of the plain mean loss, one entry per candidate, larger = more helpful. The loss is the validation
+    restored after every trial. Returns ``{"max_subtask": [...], "max_subtask_centred": [...], "mean": [...],
+    "base_loss": float}``: the max over subtasks of the per-subtask mean loss decrease (the estimator's
+    aggregation); the same for the decrease beyond the one a step on a zero gradient (the momentum alone) causes,
+    i.e. what adding z to the step changes (the centred estimator's quantity); and the plain mean loss decrease,
+    one entry per candidate, larger = more helpful. The loss is the validation
     objective ``objective`` (:func:`objective_losses`; ``tokens``: the answer-token loss).
     """
     from peft import set_peft_model_state_dict
@@ -116,10 +118,11 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
     base = [x for x in losses()]
     base_sub = aggregate(base, subtasks)
     used = [k for k, x in enumerate(base) if x is not None]
-    out = {"max_subtask": [], "mean": [], "base_loss": sum(base[k] for k in used) / len(used)}
-    bar = tqdm(candidates, desc=f"real Adam steps ({checkpoint.name})", disable=not progress, unit="sample")
-    for messages in bar:
-        chat = tokenize_chat(tokenizer, messages, max_length)
+    out = {"max_subtask": [], "max_subtask_centred": [], "mean": [], "base_loss": sum(base[k] for k in used) / len(used)}
+    bar = tqdm([None] + list(candidates), desc=f"real Adam steps ({checkpoint.name})", disable=not progress,
+               unit="sample")
+    zero_sub = None
+    for messages in bar:  # first a step on a zero gradient (the momentum alone), then one per candidate
         groups = {}
         for n, p in params:
             st = checkpoint.adam[n]
@@ -131,21 +134,31 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
                 opt.state[p] = {"step": torch.tensor(float(st.step)),
                                 "exp_avg": st.exp_avg.to(p.device, p.dtype).clone(),
                                 "exp_avg_sq": st.exp_avg_sq.to(p.device, p.dtype).clone()}
-        with torch.enable_grad():
-            ids = torch.tensor([chat.input_ids], device=device)
-            labels = torch.tensor([chat.labels], device=device)
-            logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX)
-            model.zero_grad(set_to_none=True)
-            loss.backward()
+        if messages is None:
+            for _, p in params:
+                p.grad = torch.zeros_like(p)
+        else:
+            chat = tokenize_chat(tokenizer, messages, max_length)
+            with torch.enable_grad():
+                ids = torch.tensor([chat.input_ids], device=device)
+                labels = torch.tensor([chat.labels], device=device)
+                logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+                loss = torch.nn.functional.cross_entropy(logits, labels[0, 1:], ignore_index=IGNORE_INDEX)
+                model.zero_grad(set_to_none=True)
+                loss.backward()
         opt.step()
         model.zero_grad(set_to_none=True)
         after = losses()
         after_sub = aggregate(after, subtasks)
-        out["max_subtask"].append(max(base_sub[s] - after_sub[s] for s in base_sub))
-        out["mean"].append(sum(base[k] - after[k] for k in used) / len(used))
         with torch.no_grad():
             for n, p in params:
                 p.copy_(saved[n])
+        if messages is None:
+            zero_sub = after_sub
+            continue
+        out["max_subtask"].append(max(base_sub[s] - after_sub[s] for s in base_sub))
+        # what z adds to the momentum-only step: the counterfactual the centred estimator predicts
+        out["max_subtask_centred"].append(max(zero_sub[s] - after_sub[s] for s in base_sub))
+        out["mean"].append(sum(base[k] - after[k] for k in used) / len(used))
     return out
