@@ -66,10 +66,15 @@ def main(argv=None) -> int:
     p.add_argument("--related", default=None, help="Chat jsonl of related candidates (default: 16 of --test_data).")
     p.add_argument("--unrelated", default="data/checks/off_domain.jsonl", help="Chat jsonl of unrelated candidates.")
     p.add_argument("--num_related", type=int, default=16)
+    p.add_argument("--num_unrelated", type=int, default=0, help="Use only the first N unrelated candidates (0: all).")
     p.add_argument("--lr", type=float, default=1e-5, help="Learning rate of the real Adam steps (small: first order).")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     p.add_argument("--no_first_order", action="store_true", help="Only the AUC (no real Adam steps).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    p.add_argument("--validation_per_subtask", type=int, default=0,
+                   help="Use only the first N validation items of each subtask (written to OUTPUT_DIR/validation_subset.jsonl "
+                        "and used for the scores and the truth alike): each real step is followed by a pass over the "
+                        "validation objective, so this bounds the check's time.")
     p.add_argument("--mislabelled", type=int, default=0,
                    help="Add the right and wrong twins (rubric_rl.influence.mislabel) of the first N validation "
                         "items as candidates, and report their AUC.")
@@ -86,8 +91,20 @@ def main(argv=None) -> int:
 
     _, cfg = parse_config((RunDirArguments, InfluenceConfig), ["--config", a.config, "--output_dir", a.output_dir],
                           shared_config=True)
+    if a.validation_per_subtask:
+        rows, seen = [], {}
+        for r in load_chat_samples(cfg.influence_validation_data):
+            key = str(r.get(cfg.influence_subtask_field))
+            if seen.get(key, 0) < a.validation_per_subtask:
+                seen[key] = seen.get(key, 0) + 1
+                rows.append(r)
+        Path(a.output_dir).mkdir(parents=True, exist_ok=True)
+        subset = Path(a.output_dir) / "validation_subset.jsonl"
+        subset.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cfg = dataclasses.replace(cfg, influence_validation_data=str(subset))
+        print(f"validation: {len(rows)} items ({a.validation_per_subtask} per subtask) in {subset}", flush=True)
     related = read_chat(a.related, a.num_related) if a.related else read_chat(a.test_data, a.num_related)
-    unrelated = read_chat(a.unrelated)
+    unrelated = read_chat(a.unrelated, a.num_unrelated or None)
     candidates = related + unrelated
     is_related = [True] * len(related) + [False] * len(unrelated)
     twins = []

@@ -67,16 +67,25 @@ def objective_losses(model, tokenizer, validation: Sequence[dict], *, objective:
     if "tokens" in objective:
         chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation]
         out = _losses(model, chats, pad, device)
+    requests, items = [], []  # (context ids, continuation ids) of every choice; (item, first request, K, gold)
     for k, r in enumerate(validation):
         made = choice_chats(tokenizer, r, max_length) if "choices" in objective else None
         if made is None:
             if objective == "choices":
                 out[k] = None
             continue
-        chats = made[0]
-        n = torch.tensor([sum(x != IGNORE_INDEX for x in c.labels[1:]) for c in chats], dtype=torch.float64)
-        logp = -torch.tensor(_losses(model, chats, pad, device), dtype=torch.float64) * n
-        out[k] += float(choice_losses(logp, made[1]))
+        chats, gold = made
+        items.append((k, len(requests), len(chats), gold))
+        for c in chats:
+            n = sum(x != IGNORE_INDEX for x in c.labels)
+            requests.append((list(c.input_ids[:-n]), list(c.input_ids[-n:])))
+    if requests:  # the choices of an item share their context: one pass over it, the continuations on its KV cache
+        from ..mcscore import loglikelihoods
+
+        with torch.no_grad():
+            logps = torch.tensor(loglikelihoods(model, requests, pad_token_id=pad), dtype=torch.float64)
+        for k, start, n_choices, gold in items:
+            out[k] += float(choice_losses(logps[start:start + n_choices], gold))
     return out
 
 
