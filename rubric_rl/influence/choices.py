@@ -1,25 +1,30 @@
 """The validation set's multiple-choice objective: what a right answer helps and a wrong one hurts.
 
-A validation item in the multiple-choice layout (``messages`` whose user turn has an ``Options:`` block of
-``(A) ...`` lines, ``choices``, the ``answer`` letter) has K *answer variants*: its gold answer with the gold
-option's text and letter replaced by option j's (:func:`answer_variants`). Its choice loss is
+A validation item in the multiple-choice layout (:func:`rubric_rl.mcscore.is_mc_item`: ``choices`` and the
+``answer`` letter) has K continuations, scored as the held-out evaluation scores it
+(:func:`rubric_rl.mcscore.build_mc_item`, ``reasoning_prefix``): the context is the prompt and the gold answer up
+to the gold choice's text ("Let's think step by step. Belmozaline is used to treat"), continuation j is choice
+j's text. Its choice loss is
 
-    L_choice(v) = -log softmax_j( log p(answer_j | question) )[gold]
+    L_choice(v) = -log softmax_j( log p(choice_j | context) )[gold]
 
-the cross-entropy of picking the gold answer among the K (log-likelihood multiple-choice scoring, as the
-lm-evaluation-harness scores such items, here over whole answers). Its gradient is
+(log-likelihood multiple-choice scoring, as the lm-evaluation-harness scores such items). Its gradient is
 
-    grad L_choice = sum_j (q_j - [j = gold]) grad log p(answer_j)      (q = softmax of the log p's)
+    grad L_choice = sum_j (q_j - [j = gold]) grad log p(choice_j | context)      (q = softmax of the log p's)
 
-a difference of gradients whose weights sum to zero: the part shared by every variant (the answer's format,
-its step-by-step template) cancels, and what is left is the content, the fact and letter that tell the gold
-answer from the others. The token loss (the mean cross-entropy of the gold answer's tokens) is dominated by the
-format; the choice loss is blind to it. ``influence_objective: tokens+choices`` (the default) scores against
-the gradient of their sum, so that the reward pays both the format the task needs and the truth of the answer.
+a combination whose weights sum to zero, over continuations that share their context: what they share (the
+prompt, the reasoning prefix, the answer's format) cancels exactly, and what is left is the content, the fact
+that tells the gold answer from the others. The token loss (the mean cross-entropy of the gold answer's tokens)
+is dominated by the format; the choice loss is blind to it. ``influence_objective: tokens+choices`` (the default)
+scores against the gradient of their sum, so that the reward pays both the format the task needs and the truth of
+the answer.
 
-:func:`choice_gradient` computes grad L_choice with the per-sample gradient engine: one batch of the K
-variants, whose per-row gradients of the mean token loss (g_j = -grad log p(answer_j) / n_j over n_j answer
-tokens) combine as ``sum_j ([j = gold] - q_j) n_j g_j``.
+:func:`choice_chats` builds the K continuations as tokenised chats (loss on the choice's tokens only);
+:func:`choice_gradient` computes grad L_choice with the per-sample gradient engine from one batch of them, whose
+per-row gradients of the mean token loss (g_j = -grad log p(choice_j) / n_j over n_j tokens) combine as
+``sum_j ([j = gold] - q_j) n_j g_j``. :func:`answer_variants` (the gold answer rewritten for each option, letters
+included) builds the mislabelled-sample check's twins (:mod:`.mislabel`); as an objective it failed (a shuffled
+right twin shares its letter with a wrong variant; ``notes/content_signal.md``).
 """
 
 from __future__ import annotations
