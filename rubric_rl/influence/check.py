@@ -77,7 +77,7 @@ def objective_losses(model, tokenizer, validation: Sequence[dict], *, objective:
         chats, gold = made
         items.append((k, len(requests), len(chats), gold))
         for c in chats:
-            n = sum(x != IGNORE_INDEX for x in c.labels)
+            n = c.num_loss_tokens
             requests.append((list(c.input_ids[:-n]), list(c.input_ids[-n:])))
     if requests:  # the choices of an item share their context: one pass over it, the continuations on its KV cache
         from ..mcscore import loglikelihoods
@@ -117,14 +117,13 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
     model.eval()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     saved = {n: p.detach().clone() for n, p in params}
-    pad = tokenizer.pad_token_id
     subtasks = [str(r.get(subtask_field, "")) if r.get(subtask_field) is not None else "" for r in validation]
 
     def losses():
         return objective_losses(model, tokenizer, validation, objective=objective, max_length=max_length,
                                 device=device)
 
-    base = [x for x in losses()]
+    base = losses()
     base_sub = aggregate(base, subtasks)
     used = [k for k, x in enumerate(base) if x is not None]
     out = {"max_subtask": [], "max_subtask_centred": [], "mean": [], "base_loss": sum(base[k] for k in used) / len(used)}

@@ -102,8 +102,7 @@ def choice_gradient(engine, chats, gold: int, direction) -> tuple[torch.Tensor, 
     a [1, D] row of ``engine``'s features (projected if the engine projects), and whether it is finite.
     ``direction`` must be the plain gradient (linear), so that the rows may be combined."""
     out = engine.features(chats, direction)
-    n = torch.tensor([sum(x != -100 for x in c.labels[1:]) for c in chats], dtype=out.features.dtype,
-                     device=out.features.device)
+    n = torch.tensor([c.num_loss_tokens for c in chats], dtype=out.features.dtype, device=out.features.device)
     logp = -out.losses.to(n.dtype) * n  # log p(answer_j): minus the summed token cross-entropy
     w = -torch.softmax(logp, 0)
     w[gold] += 1

@@ -38,13 +38,9 @@ def mislabelled_pairs(items: Sequence[dict], *, seed: int = 0) -> list[Mislabell
     text (a wrong twin would then differ by the letter alone), are skipped."""
     pairs = []
     for k, item in enumerate(items):
-        choices, gold = item.get("choices"), item.get("answer")
-        msgs = item.get("messages") or []
-        if not choices or gold not in LETTERS[:len(choices)] or not msgs or choices[LETTERS.index(gold)] not in msgs[-1]["content"]:
-            continue
         rng = random.Random(seed * 1_000_003 + k)
         made = answer_variants(item, rng=rng)
-        if made is None:
+        if made is None or item["choices"][LETTERS.index(item["answer"])] not in item["messages"][-1]["content"]:
             continue
         variants, g = made
         w = rng.choice([j for j in range(len(variants)) if j != g])
