@@ -47,10 +47,11 @@ import httpx
 
 from ..configs.influence import InfluenceConfig
 from ..errors import InfluenceUnavailable, UserError
+from ..provenance import file_sha256
 from ..teachers.base import CircuitBreaker, is_infrastructure_error
 from ..teachers.openai_backend import RETRY_STATUSES, parse_retry_after
 from .scorer import InfluenceResult
-from .warmup import file_sha256, warmup_dir
+from .warmup import warmup_dir
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,11 @@ import torch
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
+from ..provenance import file_sha256
 from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
-from .warmup import WarmupCheckpoint, file_sha256, load_checkpoints, run_warmup, warmup_finished
+from .warmup import WarmupCheckpoint, load_checkpoints, run_warmup, warmup_finished
 
 logger = logging.getLogger(__name__)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..configs.influence import InfluenceConfig
 from ..errors import UserError
+from ..provenance import file_sha256
 
 logger = logging.getLogger("rubric_rl.influence.scorer")
 
@@ -103,25 +104,17 @@ def _lock_path(output: Path) -> Path:
     return output.with_name(output.name + ".merge.lock")
 
 
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shard_key(cfg: InfluenceConfig, samples_path: str | Path, total: int, chunk_size: int,
               select_top: int | None) -> dict:
     """What every shard of one merged file must share (see the module docstring)."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_DEFINING}
     val = cfg.influence_validation_data
     return {
-        "samples_sha256": _sha256(samples_path),
+        "samples_sha256": file_sha256(samples_path),
         "lines": total,
         "chunk_size": chunk_size,
         "select_top": select_top,
-        "validation_sha256": _sha256(val) if val and Path(val).is_file() else None,
+        "validation_sha256": file_sha256(val) if val and Path(val).is_file() else None,
         "settings_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
     }
 

@@ -25,7 +25,6 @@ the subprocess entry point (``python -m rubric_rl.influence.warmup``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from transformers import TrainerCallback
 from ..data.chat import IGNORE_INDEX, tokenize_chat
 from ..data.documents import load_chat_samples
 from ..configs.influence import InfluenceConfig
+from ..provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ _NON_DEFINING = {"target_trust_remote_code", "warmup_data"}
 
 # ---------------------------------------------------------------------------------------------
 # data
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class PaddingCollator:

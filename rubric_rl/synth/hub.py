@@ -27,7 +27,6 @@ The upload (:func:`push_folder`) is ``HfApi.create_repo`` + ``upload_folder`` of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..jsonl import iter_jsonl
+from ..provenance import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +189,6 @@ def size_category(n: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the card
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -217,7 +210,7 @@ def _table(pairs, head=("key", "value")) -> list[str]:
 
 def _file_line(path) -> str:
     p = Path(path)
-    return f"`{path}` (sha256 `{sha256_file(p)}`)" if p.is_file() else f"`{path}` (not found when the card was written)"
+    return f"`{path}` (sha256 `{file_sha256(p)}`)" if p.is_file() else f"`{path}` (not found when the card was written)"
 
 
 def _rubric_source_lines(source) -> list[str]:
