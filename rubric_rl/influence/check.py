@@ -55,36 +55,51 @@ def _losses(model, chats, pad_token_id: int, device, batch_size: int = 8) -> lis
     return out
 
 
-def objective_losses(model, tokenizer, validation: Sequence[dict], *, objective: str = "tokens+choices",
-                     max_length: int = 1024, device="cpu") -> list[float]:
-    """Each validation item's value of the objective the estimator predicts (``influence_objective``): its
-    answer-token loss, its choice loss over its K continuations (items without choices: 0), or their sum.
-    Items that are not scored by the objective (no choices under ``choices``) get None."""
-    from .choices import choice_chats, choice_losses
+def objective_inputs(tokenizer, validation: Sequence[dict], *, objective: str = "tokens+choices",
+                     max_length: int = 1024) -> dict:
+    """The tokenised validation set for :func:`objective_losses`, built once: the gold answers' chats (for the
+    token loss), every choice as a (context ids, continuation ids) request, and per multiple-choice item
+    (item, first request, K, gold); items the objective does not score (no choices under ``choices``)."""
+    from .choices import choice_chats
 
-    pad = tokenizer.pad_token_id
-    out = [0.0] * len(validation)
-    if "tokens" in objective:
-        chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation]
-        out = _losses(model, chats, pad, device)
-    requests, items = [], []  # (context ids, continuation ids) of every choice; (item, first request, K, gold)
+    chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in validation] if "tokens" in objective else None
+    requests, items, unscored = [], [], []
     for k, r in enumerate(validation):
         made = choice_chats(tokenizer, r, max_length) if "choices" in objective else None
         if made is None:
             if objective == "choices":
-                out[k] = None
+                unscored.append(k)
             continue
-        chats, gold = made
-        items.append((k, len(requests), len(chats), gold))
-        for c in chats:
+        choice, gold = made
+        items.append((k, len(requests), len(choice), gold))
+        for c in choice:
             n = c.num_loss_tokens
             requests.append((list(c.input_ids[:-n]), list(c.input_ids[-n:])))
-    if requests:  # the choices of an item share their context: one pass over it, the continuations on its KV cache
+    return {"n": len(validation), "chats": chats, "requests": requests, "items": items, "unscored": unscored}
+
+
+def objective_losses(model, tokenizer, validation: Sequence[dict] | None = None, *, objective: str = "tokens+choices",
+                     max_length: int = 1024, device="cpu", inputs: dict | None = None) -> list[float | None]:
+    """Each validation item's value of the objective the estimator predicts (``influence_objective``): its
+    answer-token loss, its choice loss over its K continuations (items without choices: 0), or their sum.
+    Items that are not scored by the objective (no choices under ``choices``) get None. ``inputs``
+    (:func:`objective_inputs`) replaces ``validation`` when the same set is evaluated many times."""
+    from .choices import choice_losses
+
+    if inputs is None:
+        inputs = objective_inputs(tokenizer, validation, objective=objective, max_length=max_length)
+    pad = tokenizer.pad_token_id
+    out: list[float | None] = [0.0] * inputs["n"]
+    if inputs["chats"] is not None:
+        out = _losses(model, inputs["chats"], pad, device)
+    for k in inputs["unscored"]:
+        out[k] = None
+    if inputs["requests"]:  # an item's choices share their context: one pass over it, the continuations on its KV cache
         from ..mcscore import loglikelihoods
 
         with torch.no_grad():
-            logps = torch.tensor(loglikelihoods(model, requests, pad_token_id=pad), dtype=torch.float64)
-        for k, start, n_choices, gold in items:
+            logps = torch.tensor(loglikelihoods(model, inputs["requests"], pad_token_id=pad), dtype=torch.float64)
+        for k, start, n_choices, gold in inputs["items"]:
             out[k] += float(choice_losses(logps[start:start + n_choices], gold))
     return out
 
@@ -119,9 +134,10 @@ def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dic
     saved = {n: p.detach().clone() for n, p in params}
     subtasks = [str(r.get(subtask_field, "")) if r.get(subtask_field) is not None else "" for r in validation]
 
+    inputs = objective_inputs(tokenizer, validation, objective=objective, max_length=max_length)
+
     def losses():
-        return objective_losses(model, tokenizer, validation, objective=objective, max_length=max_length,
-                                device=device)
+        return objective_losses(model, tokenizer, inputs=inputs, device=device)
 
     base = losses()
     base_sub = aggregate(base, subtasks)
