@@ -72,10 +72,11 @@ def load_samples(paths: list[str], n: int, seed: int) -> list[list[dict]]:
     return rows[:n]
 
 
-def less_reference(scorer, samples, val_samples, project_fn, project_interval: int = 16):
+def less_reference(scorer, samples, val_samples, project_fn, project_interval: int = 16, subtasks=None):
     """LESS-style scores: bs=1 loop, model's own loss, vectorised p.grad, Adam formula, dense projection.
 
-    ``project_fn(x)`` = ``x @ R`` for a [rows, P] buffer (None: no projection)."""
+    ``project_fn(x)`` = ``x @ R`` for a [rows, P] buffer (None: no projection); ``subtasks``: each validation
+    sample's subtask name (None: one subtask)."""
     from rubric_rl.data.chat import tokenize_chat
 
     cfg, model, tok = scorer.cfg, scorer.model, scorer.tokenizer
@@ -95,6 +96,7 @@ def less_reference(scorer, samples, val_samples, project_fn, project_interval: i
         out.append(project_fn(x) if project_fn is not None else x)
         buf.clear()
 
+    subtasks = [str(x) if x is not None else "" for x in (subtasks or [None] * len(val_samples))]
     timings = {}
     total = torch.zeros(len(samples), dtype=torch.float64)
     for i, ckpt in enumerate(scorer.checkpoints):
@@ -135,8 +137,10 @@ def less_reference(scorer, samples, val_samples, project_fn, project_interval: i
             feats = feats / feats.norm(dim=1, keepdim=True)
             val = val / val.norm(dim=1, keepdim=True)
         sims = feats @ val.T
-        # subtasks: the scorer's aggregation matrix (same validation order)
-        agg = scorer._agg.to(sims.dtype)
+        # mean over each subtask's items, then the max over subtasks (the scorer's aggregation)
+        agg = torch.tensor([[s == name for name in scorer.subtasks] for s in subtasks], dtype=sims.dtype,
+                           device=sims.device)
+        agg = agg / agg.sum(0, keepdim=True)
         total += scorer.weights[i] * (sims @ agg).max(1).values.double().cpu()
     model.zero_grad(set_to_none=True)
     return total, sum(timings.values())
@@ -258,12 +262,18 @@ def main(argv=None) -> dict:
         influence_max_length=a.max_length, influence_checkpoints=[a.checkpoints], influence_estimator=a.estimator,
         influence_direction=a.direction, influence_dtype="float64" if a.dtype == "float64" else "float32",
         influence_proj_layerwise=a.layerwise,
+        # LESS's objective and direction, which the reference computes: the token loss, no centring. The
+        # default's choice term is a one-time validation cost (bench_influence_scaling.py times it); centring
+        # subtracts one precomputed vector per checkpoint.
+        influence_objective="tokens", influence_center=False,
     )
     t = time.perf_counter()
     scorer = InfluenceScorer.from_config(cfg, run_dir, device=a.device)
     setup_s = time.perf_counter() - t
     samples = load_samples(a.samples, a.n, seed=0)
-    val_samples = [r["messages"] for r in load_chat_samples(val_path)]
+    val_rows = load_chat_samples(val_path)
+    val_samples = [r["messages"] for r in val_rows]
+    val_subtasks = [r.get(cfg.influence_subtask_field) for r in val_rows]
     n_base = sum(p.numel() for n, p in scorer.model.named_parameters() if not p.requires_grad)
     n_lora = scorer.engine.num_params
     from rubric_rl.data.chat import tokenize_chat
@@ -332,7 +342,7 @@ def main(argv=None) -> dict:
         for name, make in refs.items():
             fn = make()
             reset_peak_rss()
-            ref_scores[name], rs = less_reference(scorer, samples, val_samples, fn)
+            ref_scores[name], rs = less_reference(scorer, samples, val_samples, fn, subtasks=val_subtasks)
             del fn
             ref_s[name] = min(ref_s[name], rs)
             ref_peak[name] = ref_peak[name] if r else peak_rss_mb()
