@@ -354,7 +354,8 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         (lambda: service) if service is not None else
         (lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device)),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,
-        novelty_weight=args.reward_novelty_weight, log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
+        novelty_weight=args.reward_novelty_weight, novelty_center=args.reward_novelty_center,
+        log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
         if_window=args.reward_if_window, if_min_rel=args.reward_if_min_rel, rubric_format=args.rubric_format,
     )
     # Built now, announced, rather than inside the first GRPO step (RNG-neutral: see InfluenceReward.scorer).

@@ -224,7 +224,9 @@ def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
     comps = [rubric("dose"), rubric("dose"), rubric("side effect"), "broken"]
     kw = dict(completions=comps, document=[docs[0]["text"]] * 4, doc_id=["d0"] * 4)
     with_nov = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
-                               scaling="none", novelty_weight=0.5)
+                               scaling="none", novelty_weight=0.5, novelty_center=False)
+    centred = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
+                              scaling="none", novelty_weight=0.5)  # the default: centred within the group
     without = InfluenceReward(SampleSynthesizer(ByRubricTeacher()), FakeScorer, invalid_penalty=0.1,
                               scaling="none", novelty_weight=0.0)
     extras = {}
@@ -234,10 +236,23 @@ def test_reward_novelty_term_pays_the_different_question(quickstart_dir):
     assert extras["novelty"] == [0.5, 0.5, 1.0, None]
     assert r1[:3] == pytest.approx([r0[0] + 0.25, r0[1] + 0.25, r0[2] + 0.5])
     assert r1[3] == r0[3] == pytest.approx(-0.1)  # the penalty is not touched
+    # centred: the same differences within the group, no offset for being valid (group mean novelty 2/3)
+    rc = centred(prompts=["p"] * 4, **kw)
+    assert rc[:3] == pytest.approx([r0[0] - 0.5 / 6, r0[1] - 0.5 / 6, r0[2] + 0.5 / 3])
+    assert sum(rc[:3]) == pytest.approx(sum(r0[:3])) and rc[3] == pytest.approx(-0.1)
     # the same completions under two prompts (two groups): sample 1 is alone in group "q"
     extras2 = {}
     with_nov(prompts=["p", "q", "p", "p"], **kw, log_extra=extras2.__setitem__)
     assert extras2["novelty"] == [1.0, 1.0, 1.0, None]
+
+
+def test_centred_novelty_removes_each_groups_mean_only():
+    from rubric_rl.reward import centred_novelty
+
+    out = centred_novelty([0.5, 0.5, 1.0, None, 1.0, 0.0], ["g", "g", "g", "g", "h", "h"])
+    assert out[:3] == pytest.approx([-1 / 6, -1 / 6, 1 / 3]) and out[3] is None
+    assert out[4:] == pytest.approx([0.5, -0.5])
+    assert centred_novelty([1.0], ["alone"]) == [0.0]  # a sample alone in its group gets nothing for it
 
 
 def test_stall_guard_stops_a_run_that_cannot_learn():

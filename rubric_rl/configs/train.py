@@ -166,6 +166,13 @@ class RubricRLArguments:
                           "a group, and a larger weight drowns it. The quickstart (batch_minmax) uses 2.0: there "
                           "0.5 was too weak to stop the collapse (notes/evaluate.md). 0 turns it off."},
     )
+    reward_novelty_center: bool = field(
+        default=True,
+        metadata={"help": "Centre the novelty term within its GRPO group (novelty minus the mean novelty of the "
+                          "group's valid samples): it orders a group's samples by novelty without adding a positive "
+                          "offset that only valid rubrics get (uncentred, that offset paid validity over influence: "
+                          "notes/quickstart.md). false: the uncentred term."},
+    )
     # The influence service (`rubric-rl serve-influence`): the reward's influence computed elsewhere.
     reward_influence_url: list[str] | None = field(
         default=None,
