@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+CONTRAST_NEIGHBOURS = 2  # other items of the subtask whose contexts make the contrast
+
 CAL_SOURCES = {"seed": "data/quickstart/seed_rubrics.json", "none": "none",
                "mc_stepwise": "data/calibration/mc_stepwise.json", "mc_letter": "data/calibration/mc_letter.json",
                "open_stepwise": "data/calibration/open_stepwise.json",
@@ -104,6 +106,74 @@ def products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> dict:
     return out
 
 
+def contrast_chats(tokenizer, val_rows: list[dict], i: int, max_length: int, field: str = "subtask"):
+    """Item i's choices continued from the *other* items of its subtask: each neighbour k's context (its
+    question, its reasoning prefix: "... Ritenlol is used to treat") with its options block replaced by item
+    i's. [(chats, k)] per usable neighbour: what the target says of these options for another subject of the
+    same relation."""
+    from rubric_rl.data.chat import IGNORE_INDEX, TokenizedChat
+    from rubric_rl.influence.choices import OPTION_LINE
+    from rubric_rl.mcscore import build_mc_item, encode_pair, is_mc_item
+
+    def options_block(item):
+        lines = [ln for ln in item["messages"][-2]["content"].split("\n") if OPTION_LINE.match(ln)]
+        return "\n".join(lines)
+
+    me = val_rows[i]
+    mine = build_mc_item(tokenizer, me)
+    block_i = options_block(me)
+    out = []
+    same = [k for k, other in enumerate(val_rows) if other.get(field) == me.get(field)]
+    pos = same.index(i)
+    for k in same[pos + 1:] + same[:pos]:  # the next items of the subtask, cyclically
+        other = val_rows[k]
+        if len(out) == CONTRAST_NEIGHBOURS:
+            break
+        if not is_mc_item(other):
+            continue
+        mc = build_mc_item(tokenizer, other)
+        block_k = options_block(other)
+        if mc.mode != "reasoning_prefix" or not block_k or block_k not in mc.context:
+            continue
+        ctx = mc.context.replace(block_k, block_i)
+        prefix = ctx[ctx.rfind(block_i) + len(block_i):]
+        if any(c in prefix for c in me["choices"]):
+            continue
+        chats = []
+        for cont in mine.continuations:
+            c_ids, tail = encode_pair(tokenizer, ctx, cont)
+            if len(c_ids) + len(tail) > max_length:
+                chats = None
+                break
+            chats.append(TokenizedChat(input_ids=c_ids + tail, labels=[IGNORE_INDEX] * len(c_ids) + tail,
+                                       truncated=False))
+        if chats:
+            out.append((chats, k))
+    return out
+
+
+def contrast_gradient(engine, own, gold: int, neighbours, direction):
+    """grad of L = -log softmax_j(s_j - mean_k s_kj)[gold], s_j = log p(choice_j | own context), s_kj the same
+    choice after neighbour k's context: the choice loss beyond what the relation's other subjects get."""
+    out = engine.features(own, direction)
+    n = torch.tensor([c.num_loss_tokens for c in own], dtype=out.features.dtype, device=out.features.device)
+    s = -out.losses.to(n.dtype) * n
+    grads_own = n.unsqueeze(1) * out.features  # = -grad s_j
+    null_s = torch.zeros_like(s)
+    null_g = torch.zeros_like(grads_own)
+    if neighbours:  # all neighbours' continuations in one batch: [M * K] rows, neighbour-major
+        flat = [c for chats, _ in neighbours for c in chats]
+        o = engine.features(flat, direction)
+        nk = torch.tensor([c.num_loss_tokens for c in flat], dtype=n.dtype, device=n.device)
+        m = len(neighbours)
+        null_s = (-o.losses.to(n.dtype) * nk).view(m, -1).mean(0)
+        null_g = (nk.unsqueeze(1) * o.features).view(m, len(own), -1).mean(0)
+    w = -torch.softmax(s - null_s, 0)
+    w[gold] += 1
+    row = (w.unsqueeze(1) * (grads_own - null_g)).sum(0, keepdim=True)
+    return row
+
+
 def choice_products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> list[dict]:
     """Per checkpoint: Adam directions of ``samples`` times each validation item's gradient of the choice
     loss (rubric_rl.influence.choices: -log softmax over the item's choices of the gold one, the held-out
@@ -116,23 +186,31 @@ def choice_products(scorer, samples: list[list[dict]], val_rows: list[dict]) -> 
     bs = scorer.cfg.influence_batch_size
     chats = [scorer._tokenize(m, ml)[0] for m in samples]
     items = [choice_chats(scorer.tokenizer, r, ml) for r in val_rows]
+    contrast = [contrast_chats(scorer.tokenizer, val_rows, v, ml) for v in range(len(val_rows))]
+    print(f"contrast neighbours per item: {sorted(set(len(c) for c in contrast))}", flush=True)
     out = []
     with scorer._grad_context():
         for i, ck in enumerate(scorer.checkpoints):
             scorer._use_checkpoint(i)
             C = torch.cat([choice_gradient(scorer.engine, c, g, sgd)[0] for c, g in items])
+            t0 = time.perf_counter()
+            K = torch.cat([contrast_gradient(scorer.engine, c, g, contrast[v], sgd) for v, (c, g) in enumerate(items)])
+            print(f"  {ck.name}: contrast gradients in {time.perf_counter() - t0:.0f} s", flush=True)
             adam = scorer._directions[i]
             zero = torch.cat([adam._step(e.name, torch.zeros(1, e.numel, dtype=scorer.dtype))[0]
                               for e in scorer.engine.entries])
-            A_C = []
+            A_C, A_K = [], []
             t0 = time.perf_counter()
             for k in range(0, len(chats), bs):
-                A_C.append(scorer.engine.features(chats[k:k + bs], adam).features @ C.T)
+                f = scorer.engine.features(chats[k:k + bs], adam).features
+                A_C.append(f @ C.T)
+                A_K.append(f @ K.T)
                 print(f"  {ck.name}: {min(k + bs, len(chats))}/{len(chats)} samples ({time.perf_counter() - t0:.0f} s)",
                       end="\r", flush=True)
             print()
             out.append({"name": ck.name, "A_C": torch.cat(A_C).tolist(), "C_C": (C @ C.T).tolist(),
-                        "Z_C": (zero @ C.T).tolist()})
+                        "Z_C": (zero @ C.T).tolist(), "A_K": torch.cat(A_K).tolist(), "Z_K": (zero @ K.T).tolist(),
+                        "K_K": (K @ K.T).tolist()})
     return out
 
 
@@ -147,6 +225,8 @@ def main(argv=None) -> int:
     p.add_argument("--choices", action="store_true",
                    help="Products with the multiple-choice objective's validation gradients instead "
                         "(content_signal_choices.json).")
+    p.add_argument("--pilot", action="store_true",
+                   help="Restated pairs only, token and choice products in one run (content_signal_pilot*.json).")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from rubric_rl.config import RunDirArguments, parse_config
@@ -164,10 +244,11 @@ def main(argv=None) -> int:
     test_rows = load_chat_samples("data/quickstart/test.jsonl")[:a.test_pairs]
     restated = mislabelled_pairs(val_rows, seed=0)
     outside = mislabelled_pairs(test_rows, seed=0)
-    cal = calibration_datasets(a.config)
-    groups = {"restated_right": [p.right for p in restated], "restated_wrong": [p.wrong for p in restated],
-              "outside_right": [p.right for p in outside], "outside_wrong": [p.wrong for p in outside],
-              **{f"cal_{k}": v for k, v in cal.items()}}
+    groups = {"restated_right": [p.right for p in restated], "restated_wrong": [p.wrong for p in restated]}
+    if not a.pilot:
+        cal = calibration_datasets(a.config)
+        groups.update({"outside_right": [p.right for p in outside], "outside_wrong": [p.wrong for p in outside],
+                       **{f"cal_{k}": v for k, v in cal.items()}})
     flat, spans = [], {}
     for k, v in groups.items():
         spans[k] = (len(flat), len(flat) + len(v))
@@ -177,6 +258,15 @@ def main(argv=None) -> int:
     scorer = InfluenceScorer.from_config(cfg, a.run_dir, progress=True)
     print(f"scorer built in {time.perf_counter() - t0:.0f} s; {scorer.engine.num_params:,} parameters", flush=True)
     t0 = time.perf_counter()
+    if a.pilot:
+        for name, fn in (("content_signal_pilot.json", products), ("content_signal_pilot_choices.json", choice_products)):
+            t0 = time.perf_counter()
+            report = {"config": a.config, "spans": spans, "subtasks": [r.get("subtask") for r in val_rows],
+                      "checkpoints": fn(scorer, flat, val_rows), "seconds": round(time.perf_counter() - t0, 1),
+                      **provenance()}
+            (out / name).write_text(json.dumps(report))
+            print(out / name, flush=True)
+        return 0
     if a.choices:
         prods = choice_products(scorer, flat, val_rows)
         report = {"config": a.config, "spans": spans, "checkpoints": prods,

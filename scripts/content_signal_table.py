@@ -77,6 +77,16 @@ def variants(ck: dict, subtasks: list[str], choice: dict | None = None) -> dict[
         for lam in (0.5, 2.0, 4.0):
             out[f"tokens+{lam:g}*choices: adamc/dot/subtask"] = sub_max(AGc + lam * ACc)
         out["tokens+choices: adamc/cos_sample/subtask"] = sub_max(AGc + ACc) / nAc
+        if "A_K" in choice:  # the contrast ("binding") choice loss: beyond the relation's other subjects
+            AKc = torch.tensor(choice["A_K"], dtype=torch.float64) - torch.tensor(choice["Z_K"], dtype=torch.float64)
+            AK = torch.tensor(choice["A_K"], dtype=torch.float64)
+            out["binding: adamc/dot/subtask"] = sub_max(AKc)
+            out["binding: adamc/dot/mean"] = AKc.mean(1)
+            out["tokens+binding: adam/dot/subtask"] = sub_max(AG + AK)
+            out["tokens+binding: adamc/dot/subtask"] = sub_max(AGc + AKc)
+            out["tokens+binding: adamc/dot/mean"] = (AGc + AKc).mean(1)
+            out["tokens+binding: adamc/dot/item_max"] = (AGc + AKc).max(1).values
+            out["tokens+choices+binding: adamc/dot/subtask"] = sub_max(AGc + ACc + AKc)
     return out
 
 
@@ -113,6 +123,8 @@ def main(argv=None) -> int:
         total = v if total is None else {k: total[k] + v[k] for k in total}
     spans = rep["spans"]
     gains = {d["source"]: (d["gain"], d["mean_influence"]) for d in json.load(open(a.gains))["datasets"]}
+    if not all(f"cal_{src}" in spans for src in gains):  # a pilot run: restated pairs only
+        gains = {}
     rows = []
     for k, s in total.items():
         if a.filter and a.filter not in k:
@@ -121,9 +133,10 @@ def main(argv=None) -> int:
             lo, hi = spans[name]
             return s[lo:hi].tolist()
         r_in = pair_summary(part("restated_right"), part("restated_wrong"))
-        r_out = pair_summary(part("outside_right"), part("outside_wrong"))
+        r_out = (pair_summary(part("outside_right"), part("outside_wrong")) if "outside_right" in spans
+                 else {"auc": float("nan"), "paired_wins": 0, "pairs": 0})
         means = {src: sum(part(f"cal_{src}")) / len(part(f"cal_{src}")) for src in gains}
-        r = pearson([means[x] for x in gains], [gains[x][0] for x in gains])
+        r = pearson([means[x] for x in gains], [gains[x][0] for x in gains]) if gains else float("nan")
         rows.append((k, r_in, r_out, r, means))
     print(f"{'variant':44s} {'AUC in':>7s} {'wins':>6s} {'AUC out':>7s} {'wins':>6s} {'cal r':>6s}")
     for k, r_in, r_out, r, means in rows:
