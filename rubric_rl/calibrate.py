@@ -92,12 +92,12 @@ def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) ->
 
 
 def cmd_calibrate(argv: list[str] | None = None) -> dict:
-    from .config import _merge_repeated, parse_config
+    from .config import merge_repeated, parse_config
     from .configs.evaluate import EvalConfig
     from .configs.influence import InfluenceConfig
     from .configs.teacher import TeacherConfig
 
-    argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
+    argv = merge_repeated(list(sys.argv[1:] if argv is None else argv))
     args, cfg, teacher_cfg, influence_cfg = parse_config(
         (CalibrateArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl calibrate",
         description="Does the reward predict the gain? Mean influence (the reward's estimator and warm-up) vs "

@@ -196,12 +196,12 @@ def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_c
 
     ``teacher_cfg`` / ``influence_cfg`` (``train`` passes its own) replace what the config file says; a field
     the file sets differently is named in a warning."""
-    from .config import _merge_repeated, parse_config
+    from .config import merge_repeated, parse_config
     from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
     from .configs.influence import InfluenceConfig
     from .configs.teacher import TeacherConfig
 
-    argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
+    argv = merge_repeated(list(sys.argv[1:] if argv is None else argv))
     ea, cfg, file_teacher, file_influence = parse_config(
         (EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl evaluate",
         description="Compare rubric sources downstream: synthesize with each, fine-tune the target, score the "
@@ -209,7 +209,7 @@ def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_c
                     "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
     teacher_cfg = _given_over_file(teacher_cfg, file_teacher)
     influence_cfg = _given_over_file(influence_cfg, file_influence)
-    from .evaluate.report import _fmt, format_paired, format_table
+    from .evaluate.report import format_number, format_paired, format_table
     from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
     from .preflight import check_evaluate
 
@@ -218,7 +218,7 @@ def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_c
     print(format_table(report))
     print("\n" + format_paired(report))
     c = report["correlation"][f"influence_vs_{report['primary_metric']}_gain"]
-    print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {_fmt(c['pearson_r'])}")
+    print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {format_number(c['pearson_r'])}")
     print(f"Report: {Path(ea.output) / 'report.md'} ({report['timing']['total_s']:.0f} s)")
     return report
 

@@ -181,7 +181,7 @@ def known_config_fields() -> set[str]:
     return {f.name for t in types for f in dc.fields(t)}
 
 
-def _merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
+def merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
     """``--sources a=x --sources b=y c=z`` -> ``--sources a=x b=y c=z`` (argparse keeps only the last)."""
     values, rest, found = [], [], False
     i = 0

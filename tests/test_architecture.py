@@ -286,3 +286,38 @@ def test_the_maps_imports_column_is_the_code():
             wrong.append(f"{path}: listed but not imported so: {sorted(listed - real)}; imported so but not listed: "
                          f"{sorted(real - listed)}")
     assert not wrong, "docs/architecture.md's imports column is wrong:\n" + "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------------------------------- private names
+# ``from module import _name`` across modules of the package, allowed only with the reason written here
+# ({(importer, "module._name"): "why"}). Names private to a module are its own business; what another module needs
+# is public, under a name that says what it is.
+PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def private_imports() -> set[tuple[str, str]]:
+    """``(importer, "module._name")`` for every ``from module import _name`` of a rubric_rl module from another one
+    (a private submodule is a module, not a name, and ``__dunder__`` names are not private)."""
+    mods = modules()
+    found = set()
+    for mod, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = _resolve(mod, path.name == "__init__.py", node.level, node.module)
+            if base != PACKAGE and not base.startswith(PACKAGE + "."):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if name.startswith("_") and not name.startswith("__") and f"{base}.{name}" not in mods:
+                    found.add((mod, f"{base}.{name}"))
+    return found
+
+
+def test_no_private_cross_module_import():
+    found = private_imports()
+    unexplained = sorted(found - set(PRIVATE_IMPORTS_ALLOWED))
+    assert not unexplained, "private names imported from another module (make them public, or allow one with a " \
+                            "reason in PRIVATE_IMPORTS_ALLOWED): " + ", ".join(f"{a} <- {b}" for a, b in unexplained)
+    stale = sorted(set(PRIVATE_IMPORTS_ALLOWED) - found)
+    assert not stale, f"PRIVATE_IMPORTS_ALLOWED names imports that no longer exist: {stale}"

@@ -35,17 +35,11 @@ from .base import TeacherRequest, TeacherResult
 logger = logging.getLogger(__name__)
 
 
-def _import_serve_deps(what: str = "serve-teacher"):
-    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them
-    (``what``: the command that needs them)."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        from ..errors import missing_extra
+def _import_serve_deps():
+    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them."""
+    from ..errors import import_extra
 
-        raise missing_extra(what, "serve", err) from err
-    return fastapi, uvicorn
+    return import_extra("serve-teacher", "serve")
 
 
 def _accepts_overrides(teacher) -> bool:
