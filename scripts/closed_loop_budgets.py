@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     os.chdir(ROOT)
 
-    from rubric_rl.cli import cmd_closed_loop
+    from rubric_rl.commands.closed_loop import from_argv as cmd_closed_loop
     from rubric_rl.evaluate.report import format_number
     from rubric_rl.provenance import provenance
 

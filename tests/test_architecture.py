@@ -3,8 +3,8 @@ included, no module over 500 lines without a reason in its docstring, and the mo
 column true to the code.
 
 The import graph is read from the source (``ast``), not by importing: every ``import`` and ``from ... import``
-anywhere in a module (top level, inside functions, under ``if TYPE_CHECKING``, in ``try``), relative or
-absolute. Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to each package on the way
+anywhere in a module (top level, inside functions, under ``if TYPE_CHECKING``, in ``try``; not under
+``if __name__ == "__main__"``, a script's entry point that never runs on import), relative or absolute. Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to each package on the way
 that is not the importer's own package (those are already being imported when the importer runs).
 """
 
@@ -42,11 +42,35 @@ def _resolve(importer: str, is_package: bool, level: int, name: str | None) -> s
     return ".".join(base + ([name] if name else []))
 
 
+def _is_main_guard(node) -> bool:
+    """``if __name__ == "__main__":``, a script's entry point: what it imports never runs when the module is
+    imported (run as ``python -m``, the module is ``__main__``, another module than the imported one)."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def import_nodes(path: Path):
+    """``(import statement, inside a function?)`` for every import of the module at ``path``, at any depth, except
+    under a ``__main__`` guard."""
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if _is_main_guard(child):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child, in_function
+            yield from visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                      ast.Lambda)))
+
+    yield from visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
+
+
 def imported_names(mod: str, path: Path, known: set[str]) -> set[str]:
     """The rubric_rl modules ``mod`` imports (the nearest existing module of each imported name)."""
     is_package = path.name == "__init__.py"
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node, _ in import_nodes(path):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -117,6 +141,7 @@ def test_the_graph_sees_relative_absolute_and_function_level_imports():
     assert "rubric_rl.evaluate.run" in graph["rubric_rl.calibrate"]  # function level, relative, a submodule
     assert "rubric_rl.evaluate" in graph["rubric_rl.calibrate"]  # the package __init__ the import runs
     assert "rubric_rl.evaluate" not in graph["rubric_rl.evaluate.run"]  # its own package is already running
+    assert "rubric_rl.cli" not in graph["rubric_rl.teachers.server"]  # under its __main__ guard: a script entry
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -199,13 +224,8 @@ def imports_by_kind(mod: str, path: Path, known: set[str]) -> tuple[set[str], se
                 out.add(target)
         return out
 
-    def visit(node, in_function: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                (inner if in_function else top).update(names(child))
-            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
-
-    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
+    for node, in_function in import_nodes(path):
+        (inner if in_function else top).update(names(node))
     return top, inner - top
 
 
@@ -301,7 +321,7 @@ def private_imports() -> set[tuple[str, str]]:
     mods = modules()
     found = set()
     for mod, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        for node, _ in import_nodes(path):
             if not isinstance(node, ast.ImportFrom):
                 continue
             base = _resolve(mod, path.name == "__init__.py", node.level, node.module)
