@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .configs.evaluate import MC_CONTEXT_MODES
 from .data.chat import IGNORE_INDEX, tokenize_chat
-
-MC_CONTEXT_MODES = ("reasoning_prefix", "prompt")
 _OPTION_MARKER = re.compile(r"\([A-Z]\)")
 
 
