@@ -15,7 +15,6 @@ scatter plot (``influence_vs_gain.png``) and the per-dataset table (``calibratio
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,23 +87,4 @@ def calibrate(args: CalibrateArguments, eval_cfg, teacher_cfg, influence_cfg) ->
     out = Path(args.output)
     (out / "calibration.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "calibration.md").write_text(format_calibration(summary) + "\n")
-    return summary
-
-
-def cmd_calibrate(argv: list[str] | None = None) -> dict:
-    from .config import _merge_repeated, parse_config
-    from .configs.evaluate import EvalConfig
-    from .configs.influence import InfluenceConfig
-    from .configs.teacher import TeacherConfig
-
-    argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
-    args, cfg, teacher_cfg, influence_cfg = parse_config(
-        (CalibrateArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl calibrate",
-        description="Does the reward predict the gain? Mean influence (the reward's estimator and warm-up) vs "
-                    "held-out gain after fine-tuning the same base target in the warm-up's regime, over rubric "
-                    "sources x seeds: Pearson, Spearman, permutation p, bootstrap interval, scatter plot.",
-        shared_config=True)
-    summary = calibrate(args, cfg, teacher_cfg, influence_cfg)
-    print(format_calibration(summary))
-    print(f"\nReport: {Path(args.output) / 'calibration.md'}")
     return summary

@@ -1,14 +1,13 @@
-"""The ``rubric-rl`` command: parse arguments, call one function. No logic lives here."""
+"""The ``rubric-rl`` command: find the subcommand in :data:`rubric_rl.commands.COMMANDS`, parse its arguments with its
+``make_parser()``, ``run`` it, and turn its exit status and exceptions into exit codes. No logic lives here."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import shlex
 import sys
-from pathlib import Path
+
+from .commands import COMMANDS
 
 USAGE = """usage: rubric-rl COMMAND [--config FILE.yaml] [--field value ...]
 
@@ -42,250 +41,6 @@ def _setup_logging():
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_train(argv):
-    from .config import parse_config, train_dataclasses
-
-    args, grpo_args, teacher_cfg, influence_cfg = parse_config(  # TRL (and torch) load only past --help
-        train_dataclasses(lazy=True), argv, prog="rubric-rl train",
-        description="RL-train a rubric generator: policy rollouts -> teacher samples -> influence reward -> GRPO. "
-                    "Ends by exporting the generator to OUTPUT_DIR/export.")
-    from .preflight import check_train
-    from .train import format_summary, train
-
-    check_train(args, grpo_args, teacher_cfg, influence_cfg)
-    summary = train(args, grpo_args, teacher_cfg, influence_cfg)
-    if summary.get("export_dir"):  # the main process
-        print(format_summary(summary))
-        if args.evaluate_config:
-            from .configs.evaluate import parse_sources
-            from .wandb_log import log_artifact, log_evaluation
-
-            others = ", ".join(parse_sources(args.evaluate_sources or [])) or "nothing"
-            print(f"\nDownstream evaluation ({args.evaluate_config}): trained generator vs {others}", flush=True)
-            # the evaluation judges the reward this run trained on: its teacher and influence settings are the run's
-            eval_dir = Path(summary["output_dir"]) / "eval"
-            report = cmd_evaluate(["--config", args.evaluate_config,
-                                   "--sources", f"trained={summary['export_dir']}", *(args.evaluate_sources or []),
-                                   "--output", str(eval_dir)],
-                                  teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
-            if report is not None:  # with report_to wandb: the report in the run (no-ops without a W&B run)
-                log_evaluation(report, eval_dir, summary.get("global_step"))
-                log_artifact(eval_dir, "evaluation", files=["report.json", "report.md", *report.get("plots", [])],
-                             metadata={"ranking": report.get("ranking"), "primary_metric": report["primary_metric"]})
-            from .evaluate.distribution import compare_with_distribution
-
-            # the committed distribution over training seeds (reports/quickstart/), when made with these settings
-            line = compare_with_distribution(summary["output_dir"], report)
-            if line:
-                print("\n" + line, flush=True)
-    from .wandb_log import finish
-
-    finish()
-
-
-def cmd_export(argv):
-    p = argparse.ArgumentParser(prog="rubric-rl export", description="Write a standalone rubric generator "
-                                "(merged safetensors weights, tokenizer, generation config, model card).")
-    p.add_argument("--run", required=True, help="OUTPUT_DIR of a `rubric-rl train` run.")
-    p.add_argument("--output", required=True, help="Folder to write the rubric generator to.")
-    p.add_argument("--push_to_hub", default=None, metavar="REPO",
-                   help="Also upload to this Hugging Face Hub repo (token from HF_TOKEN or `hf auth login`).")
-    p.add_argument("--public", action="store_true", help="Create the hub repo public (default: private).")
-    p.add_argument("--num_examples", type=int, default=3, help="Rubrics sampled into the model card.")
-    a = p.parse_args(argv)
-    from .export import export_run
-
-    out = export_run(a.run, a.output, push_to_hub=a.push_to_hub, private=not a.public, num_examples=a.num_examples)
-    print(f"Exported rubric generator: {out}")
-
-
-def cmd_warmup(argv):
-    from .config import RunDirArguments, parse_config
-    from .configs.influence import InfluenceConfig
-
-    run, cfg = parse_config((RunDirArguments, InfluenceConfig), argv, prog="rubric-rl warmup",
-                            description="Warm up the target (LoRA + Adam) and keep HF Trainer checkpoints with "
-                                        "optimizer state in OUTPUT_DIR/warmup.", shared_config=True)
-    from .influence import run_warmup
-    from .preflight import check_warmup
-
-    check_warmup(run, cfg)
-    path = run_warmup(cfg, run.output_dir)
-    print(f"Warm-up checkpoints: {path}")
-
-
-def cmd_score(argv):
-    from .config import RunDirArguments, ScoreArguments, parse_config
-    from .configs.influence import InfluenceConfig
-
-    run, sa, cfg = parse_config((RunDirArguments, ScoreArguments, InfluenceConfig), argv, prog="rubric-rl score",
-                                description="Score chat-format samples by their influence on the validation set "
-                                            "(uses OUTPUT_DIR/warmup, running it first if missing).",
-                                shared_config=True)
-    from .influence import score_file
-    from .preflight import check_score
-
-    check_score(run, sa, cfg)
-    from .influence.selection import merge_file
-    from .influence.shards import launch_device, launched, resolve
-
-    num_shards, shard_index = resolve(sa.num_shards, sa.shard_index, sa.merge)
-    if sa.merge:
-        summary = merge_file(cfg, sa.samples, sa.output, num_shards, select_top=sa.select_top,
-                             selected_path=sa.selected, chunk_size=sa.chunk_size)
-    else:
-        summary = score_file(cfg, run.output_dir, sa.samples, sa.output, select_top=sa.select_top,
-                             selected_path=sa.selected, chunk_size=sa.chunk_size, num_shards=num_shards,
-                             shard_index=shard_index, device=launch_device(cfg))
-    if summary.get("merged", True) or launched() is None:  # under a launcher: the process that merged
-        print(json.dumps(summary, indent=1, default=str))
-
-
-def cmd_synthesize(argv):
-    from .config import SynthArguments, parse_config
-    from .configs.synth import SynthConfig
-    from .configs.teacher import TeacherConfig
-    from .synth.commands import nothing_accepted_message, synthesize
-
-    sa, synth_cfg, teacher_cfg = parse_config((SynthArguments, SynthConfig, TeacherConfig), argv,
-                                              prog="rubric-rl synthesize",
-                                              description="Write a synthetic SFT dataset from documents with a "
-                                                          "rubric source and a teacher.", shared_config=True)
-    from .preflight import check_synthesize
-
-    check_synthesize(sa, synth_cfg, teacher_cfg)
-    summary = synthesize(synth_cfg, teacher_cfg, rubric_source=sa.rubric_source, documents=sa.documents,
-                         output=sa.output, num_samples=sa.num_samples,
-                         command_line=shlex.join(["rubric-rl", "synthesize", *argv]))
-    print(json.dumps(summary, indent=1, default=str))
-    message = nothing_accepted_message(summary)
-    if message:
-        from .errors import EXIT_NOTHING_PRODUCED
-
-        print(f"rubric-rl synthesize: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_NOTHING_PRODUCED)
-
-
-def cmd_serve_teacher(argv):
-    from .teachers.server import main as serve_main
-
-    serve_main(argv)
-
-
-def cmd_serve_influence(argv):
-    from .config import RunDirArguments, ServeInfluenceArguments, parse_config
-    from .configs.influence import InfluenceConfig
-
-    run, sa, cfg = parse_config(
-        (RunDirArguments, ServeInfluenceArguments, InfluenceConfig), argv, prog="rubric-rl serve-influence",
-        description="Serve the influence scorer over HTTP (POST /v1/score, GET /health, GET /metrics) for `rubric-rl "
-                    "train --reward_influence_url URL`: the target, its warm-up (OUTPUT_DIR/warmup, run first if "
-                    "missing) and the validation gradients (OUTPUT_DIR/influence_cache) are loaded once, one worker "
-                    "per device, concurrent requests micro-batched, a full queue answered 429 with Retry-After. Give "
-                    "it the training run's --config: its scores then equal the in-process reward's.",
-        shared_config=True)
-    from .influence.server import serve
-    from .preflight import check_serve_influence
-
-    check_serve_influence(run, sa, cfg)
-    serve(cfg, run.output_dir, sa)
-
-
-def cmd_evaluate(argv: list[str] | None = None, *, teacher_cfg=None, influence_cfg=None) -> dict:
-    """``rubric-rl evaluate`` (the argv after the subcommand): parse, run, print the table; returns the report.
-
-    ``teacher_cfg`` / ``influence_cfg`` (``train`` passes its own) replace what the config file says; a field
-    the file sets differently is named in a warning."""
-    from .config import _merge_repeated, parse_config
-    from .configs.evaluate import EvalArguments, EvalConfig, parse_sources
-    from .configs.influence import InfluenceConfig
-    from .configs.teacher import TeacherConfig
-
-    argv = _merge_repeated(list(sys.argv[1:] if argv is None else argv))
-    ea, cfg, file_teacher, file_influence = parse_config(
-        (EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig), argv, prog="rubric-rl evaluate",
-        description="Compare rubric sources downstream: synthesize with each, fine-tune the target, score the "
-                    "held-out test set (loss, multiple-choice acc/acc_norm), with influence, validity, diversity, "
-                    "several seeds. Writes report.json, report.md and plots to --output.", shared_config=True)
-    teacher_cfg = _given_over_file(teacher_cfg, file_teacher)
-    influence_cfg = _given_over_file(influence_cfg, file_influence)
-    from .evaluate.report import _fmt, format_paired, format_table
-    from .evaluate.run import evaluate  # looked up at call time, so tests can stand in for the run
-    from .preflight import check_evaluate
-
-    check_evaluate(ea, cfg, teacher_cfg, influence_cfg)
-    report = evaluate(cfg, teacher_cfg, influence_cfg, parse_sources(ea.sources), ea.output)
-    print(format_table(report))
-    print("\n" + format_paired(report))
-    c = report["correlation"][f"influence_vs_{report['primary_metric']}_gain"]
-    print(f"\nPearson r (mean influence vs {report['primary_metric']} gain, n={c['n']}): {_fmt(c['pearson_r'])}")
-    print(f"Report: {Path(ea.output) / 'report.md'} ({report['timing']['total_s']:.0f} s)")
-    return report
-
-
-def _given_over_file(given, parsed):
-    """``given`` (the training run's settings) when there is one, else ``parsed``; warns about each field the
-    evaluation's config file set to another value."""
-    if given is None:
-        return parsed
-    from dataclasses import fields
-
-    differ = [f"{f.name}={getattr(parsed, f.name)!r} (the run's: {getattr(given, f.name)!r})" for f in fields(given)
-              if getattr(parsed, f.name) != getattr(given, f.name)]
-    if differ:
-        logging.getLogger("rubric_rl").warning("evaluate_config sets %s; the evaluation uses the training run's "
-                                               "values", ", ".join(differ))
-    return given
-
-
-def cmd_calibrate(argv):
-    from .calibrate import cmd_calibrate as run
-
-    run(argv)
-
-
-def cmd_closed_loop(argv):
-    from .config import parse_config
-    from .configs.closed_loop import ClosedLoopArguments, ClosedLoopConfig
-    from .configs.evaluate import EvalConfig
-    from .configs.influence import InfluenceConfig
-    from .configs.teacher import TeacherConfig
-
-    argv = list(argv)
-    la, loop_cfg, eval_cfg, teacher_cfg, influence_cfg = parse_config(
-        (ClosedLoopArguments, ClosedLoopConfig, EvalConfig, TeacherConfig, InfluenceConfig), argv,
-        prog="rubric-rl closed-loop",
-        description="Closed-loop synthesis (arXiv:2512.00884): per round the current student scores the seed "
-                    "questions, a selection rule picks seeds, the teacher writes one sample per picked seed, a fresh "
-                    "target is fine-tuned on all samples so far. One loop per rule and seed; resumable; writes "
-                    "report.json, report.md and budget_curve.png to --output. Fine-tuning and held-out settings are "
-                    "the evaluation's eval_* fields.", shared_config=True)
-    from .loop import closed_loop
-    from .loop.report import format_paired, format_table
-    from .preflight import check_closed_loop
-
-    check_closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg)
-    report = closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg, la.output, argv=argv)
-    print(format_table(report))
-    print("\n" + format_paired(report))
-    print(f"Report: {Path(la.output) / 'report.md'} ({report['seconds']:.0f} s)")
-    return report
-
-
-COMMANDS = {
-    "train": cmd_train,
-    "export": cmd_export,
-    "warmup": cmd_warmup,
-    "score": cmd_score,
-    "synthesize": cmd_synthesize,
-    "serve-teacher": cmd_serve_teacher,
-    "serve-influence": cmd_serve_influence,
-    "evaluate": cmd_evaluate,
-    "calibrate": cmd_calibrate,
-    "closed-loop": cmd_closed_loop,
-}
-
-
 def _quiet_warnings() -> None:
     """Warnings a user can do nothing about: transformers' rename of gradient_checkpointing (TRL passes the
     old name), and runpy's note when ``python -m rubric_rl.cli`` is used under accelerate launch."""
@@ -317,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["RUBRIC_RL_DEBUG"] = "1"
     _setup_logging()
     try:
-        run_command(argv[0], command, argv[1:])
+        run_command(argv[0], lambda rest: command.run(command.make_parser().parse_args(rest)), argv[1:])
     finally:
         if previous is None:
             os.environ.pop("RUBRIC_RL_DEBUG", None)
@@ -326,15 +81,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_command(name: str, command, argv: list[str]) -> None:
-    """Run one subcommand; user errors and an unavailable teacher or influence service become one line on stderr
-    and an exit code (2: user error, 3: teacher or influence service unavailable, 1: nothing produced, 4: disk
-    full), unless --debug / RUBRIC_RL_DEBUG=1."""
+    """Run one subcommand (``command(argv)`` returns its exit status, or None for 0); a nonzero status is the exit
+    code; user errors and an unavailable teacher or influence service become one line on stderr and an exit code
+    (2: user error, 3: teacher or influence service unavailable, 1: nothing produced, 4: disk full), unless
+    --debug / RUBRIC_RL_DEBUG=1."""
     from .errors import (EXIT_DISK_FULL, EXIT_NOTHING_PRODUCED, EXIT_SERVICE_UNAVAILABLE, EXIT_USER_ERROR,
                          InfluenceUnavailable, TrainingStalled, UserError, debug_enabled, is_disk_full, one_line)
     from .teachers.base import TeacherUnavailable
 
     try:
-        command(argv)
+        status = command(argv)
     except UserError as err:
         if debug_enabled():
             raise
@@ -357,6 +113,8 @@ def run_command(name: str, command, argv: list[str]) -> None:
         print(f"rubric-rl {name}: error: disk full{where} ({one_line(err.strerror or err)}); what was written up to "
               "the last checkpoint is kept: free space and rerun the same command to resume", file=sys.stderr)
         raise SystemExit(EXIT_DISK_FULL) from None
+    if status:  # a command's own exit status (synthesize with nothing accepted: 1)
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

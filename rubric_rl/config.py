@@ -21,6 +21,7 @@ imports; plain ``--help`` shows a pointer to ``--help-all`` instead of its ~190 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from .configs.run import RunDirArguments, ScoreArguments, ServeInfluenceArguments
 from .configs.synth import SynthArguments
@@ -28,7 +29,8 @@ from .configs.train import ALGORITHMS, REWARD_SCALINGS, RubricRLArguments
 
 __all__ = ["RubricRLArguments", "RunDirArguments", "ScoreArguments", "ServeInfluenceArguments", "SynthArguments",
            "ALGORITHMS", "REWARD_SCALINGS", "GRPO_CONFIG", "train_dataclasses", "resolve_types", "make_parser",
-           "help_parser", "help_requested", "known_config_fields", "parse_config", "read_config_file", "fail"]
+           "help_parser", "help_requested", "known_config_fields", "settings_classes", "parse_config", "read_config_file",
+           "fail", "merge_repeated", "CommandParser", "ParsedArgs"]
 
 GRPO_CONFIG = "trl:GRPOConfig"  # TRL's class by name: imported only to parse a run or for --help-all
 HELP_FLAGS = ("-h", "--help", "--help-all")
@@ -167,21 +169,74 @@ def make_parser(types, prog: str | None = None, description: str | None = None):
     return parser
 
 
+def settings_classes() -> list[type]:
+    """Every settings dataclass of :mod:`rubric_rl.configs` (each command's own live there: ``make_parser()`` of a
+    :mod:`rubric_rl.commands` module names no other but TRL's GRPOConfig, which tests/test_cli.py checks)."""
+    import dataclasses as dc
+    import importlib
+    import pkgutil
+
+    from . import configs
+
+    out = []
+    for info in sorted(pkgutil.iter_modules(configs.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{configs.__name__}.{info.name}")
+        out += [c for c in vars(module).values()
+                if isinstance(c, type) and dc.is_dataclass(c) and c.__module__ == module.__name__]
+    return out
+
+
 def known_config_fields() -> set[str]:
-    """Every field any rubric-rl command reads, so that one run YAML can serve all commands."""
+    """Every field any rubric-rl command reads, so that one run YAML can serve all commands: the fields of every
+    class of :func:`settings_classes` and of TRL's GRPOConfig. (Not read off the command registry, which sits above
+    this parser: :mod:`rubric_rl.commands` imports it, so asking the registry would be an import cycle;
+    tests/test_cli.py checks that the two give the same set.)"""
     import dataclasses as dc
 
-    types = list(train_dataclasses()) + [RunDirArguments, ScoreArguments, ServeInfluenceArguments, SynthArguments]
-    from .configs.calibrate import CalibrateArguments
-    from .configs.closed_loop import ClosedLoopArguments, ClosedLoopConfig
-    from .configs.evaluate import EvalArguments, EvalConfig
-    from .configs.synth import SynthConfig
-
-    types += [SynthConfig, EvalConfig, EvalArguments, CalibrateArguments, ClosedLoopConfig, ClosedLoopArguments]
+    types = [*resolve_types([GRPO_CONFIG]), *settings_classes()]
     return {f.name for t in types for f in dc.fields(t)}
 
 
-def _merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
+class ParsedArgs(tuple):
+    """A command's parsed dataclasses, in its parser's order (unpack it), and ``argv``: the command line they came
+    from (``synthesize`` and ``closed-loop`` record it)."""
+
+    argv: list[str]
+
+    def __new__(cls, values, argv):
+        self = super().__new__(cls, values)
+        self.argv = list(argv)
+        return self
+
+
+@dataclass(frozen=True)
+class CommandParser:
+    """What a ``rubric-rl`` command parses (the ``make_parser()`` of a :mod:`rubric_rl.commands` module): its
+    dataclasses, in order (a ``"module:Class"`` name is imported only to parse a run, or for ``--help-all``), and
+    how. :meth:`parse_args` gives a :class:`ParsedArgs`; ``--help`` prints :func:`help_parser`'s help and exits 0."""
+
+    command: str
+    types: tuple
+    description: str
+    shared_config: bool = True  # one run YAML serves every command: another command's fields are ignored
+    repeated: tuple[str, ...] = ()  # flags whose values add up when given several times (``--sources``)
+
+    @property
+    def prog(self) -> str:
+        return f"rubric-rl {self.command}"
+
+    def parse_args(self, argv: list[str] | None = None) -> ParsedArgs:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        for flag in self.repeated:
+            argv = merge_repeated(argv, flag)
+        return ParsedArgs(parse_config(self.types, argv, prog=self.prog, description=self.description,
+                                       shared_config=self.shared_config), argv)
+
+    def help_parser(self, *, full: bool = False):
+        return help_parser(self.types, self.prog, self.description, full=full, shared_config=self.shared_config)
+
+
+def merge_repeated(argv: list[str], flag: str = "--sources") -> list[str]:
     """``--sources a=x --sources b=y c=z`` -> ``--sources a=x b=y c=z`` (argparse keeps only the last)."""
     values, rest, found = [], [], False
     i = 0

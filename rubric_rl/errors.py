@@ -62,6 +62,17 @@ def missing_extra(what: str, extra: str, cause: BaseException | str | None = Non
                         f"installed{why}: {install_hint(extra)}" + (f". {advice}" if advice else ""))
 
 
+def import_extra(what: str, extra: str) -> tuple:
+    """The modules of ``extra`` (``EXTRAS[extra]``, in order), imported; else :func:`missing_extra` for ``what`` (the
+    command that needs them), with the import error as the cause."""
+    import importlib
+
+    try:
+        return tuple(importlib.import_module(m) for m in EXTRAS[extra])
+    except ImportError as err:
+        raise missing_extra(what, extra, err) from err
+
+
 def require_extra(what: str, extra: str, advice: str = "") -> None:
     """Raise :func:`missing_extra` unless every module of ``extra`` can be found (nothing is imported)."""
     import importlib.util

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .data.prompts import DEFAULT_TASK, policy_messages
 from .rubric import Rubric, try_parse_rubric
 
@@ -29,8 +30,7 @@ class RubricGenerator:
     def __init__(self, model, tokenizer, *, task: str = DEFAULT_TASK, max_document_chars: int = 4000,
                  max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, device=None,
                  rubric_format: str = "json"):
-        self.device = torch.device(device) if device else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"

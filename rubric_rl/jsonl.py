@@ -13,7 +13,9 @@ Two kinds of reader, because the package reads two kinds of file:
 Writers: :func:`dumps_line` (one line, newline included), :func:`write_jsonl` (a whole file),
 :func:`append_jsonl` (appends rows, creating the folder), and :class:`JsonlAppender` (append-only with
 fsync'd checkpoints, for resumable outputs). ``ensure_ascii`` and ``default`` are passed on to
-``json.dumps``, so every file keeps the bytes it had.
+``json.dumps``, so every file keeps the bytes it had. Whole files that a reader must never see half-written (a
+resume state, a summary, a shard's record, a round's metrics) go through :func:`write_text_atomic` (or
+:func:`write_json_atomic`): a temporary file, fsync'd, renamed over the old one (:func:`replace_atomic`).
 
 Imports only the standard library and :mod:`rubric_rl.errors`.
 """
@@ -160,6 +162,29 @@ def append_jsonl(path: str | Path, rows: Iterable, *, ensure_ascii: bool = False
     with path.open("a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(dumps_line(row, ensure_ascii=ensure_ascii, default=default))
+
+
+def replace_atomic(tmp: str | Path, final: str | Path) -> None:
+    """fsync the finished file ``tmp``, then rename it over ``final``: a reader sees the old file or the new one."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def write_text_atomic(path: str | Path, text: str, *, tmp_suffix: str = ".tmp") -> None:
+    """Write ``text`` to ``path`` through ``PATH<tmp_suffix>`` (:func:`replace_atomic`); the one atomic writer.
+    Writers that may race on one path (sharded processes) give a suffix of their own."""
+    path = Path(path)
+    tmp = path.with_name(path.name + tmp_suffix)
+    tmp.write_text(text, encoding="utf-8")
+    replace_atomic(tmp, path)
+
+
+def write_json_atomic(path: str | Path, obj, *, end: str = "", indent: int | None = 1, ensure_ascii: bool = False,
+                      default=None, sort_keys: bool = False) -> None:
+    """``json.dumps(obj, ...) + end`` written by :func:`write_text_atomic` (the arguments keep each file's bytes)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, default=default,
+                                       sort_keys=sort_keys) + end)
 
 
 class JsonlAppender:

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .configs.evaluate import MC_CONTEXT_MODES
 from .data.chat import IGNORE_INDEX, tokenize_chat
-
-MC_CONTEXT_MODES = ("reasoning_prefix", "prompt")
 _OPTION_MARKER = re.compile(r"\([A-Z]\)")
 
 
@@ -112,7 +111,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return whole[:len(whole) - len(cont)], cont
 
 
-def _pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: list[list[int]], pad_id: int, device, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of ``seqs`` padded to one width, on the right (or on the ``left``)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -198,7 +197,7 @@ def _plain_loglikelihoods(model, requests, which: list[int], out: list[float], *
                                  f"max_length={max_length}")
             seqs.append(seq)
             spans.append((len(seq) - len(cont), len(seq)))
-        ids, mask = _pad_batch(seqs, pad_token_id, device)
+        ids, mask = pad_batch(seqs, pad_token_id, device)
         logits = _upcast(model(input_ids=ids, attention_mask=mask).logits)
         logp = torch.log_softmax(logits, dim=-1)
         for row, (i, (a, b)) in enumerate(zip(idx, spans)):
@@ -216,7 +215,7 @@ def _shared_context_loglikelihoods(model, requests, groups: list[tuple[list[int]
     groups = sorted(groups, key=lambda g: -len(g[0]))
     for start in range(0, len(groups), batch_size):
         batch = groups[start:start + batch_size]
-        ids, mask = _pad_batch([ctx for ctx, _ in batch], pad_token_id, device, left=True)
+        ids, mask = pad_batch([ctx for ctx, _ in batch], pad_token_id, device, left=True)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         res = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         first_logp = torch.log_softmax(_upcast(res.logits[:, -1]), dim=-1)  # predicts each continuation's 1st token
@@ -225,7 +224,7 @@ def _shared_context_loglikelihoods(model, requests, groups: list[tuple[list[int]
         cache = getattr(res, "cache", None) or res.past_key_values
         cache.reorder_cache(rep)
         conts = [list(requests[i][1]) for _, i in rows]
-        cids, cmask = _pad_batch(conts, pad_token_id, device)
+        cids, cmask = pad_batch(conts, pad_token_id, device)
         cpos = mask.sum(-1)[rep][:, None] + torch.arange(cids.shape[1], device=device)[None, :]
         logits = model(input_ids=cids, attention_mask=torch.cat([mask[rep], cmask], dim=1), position_ids=cpos,
                        use_cache=True, **{cache_kwarg: cache}).logits
@@ -297,7 +296,7 @@ def answer_loss(model, tokenizer, items: list[dict], *, batch_size: int = 32, ma
     pad = tokenizer.pad_token_id or 0
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ids, mask = _pad_batch([chats[i].input_ids for i in idx], pad, device)
+        ids, mask = pad_batch([chats[i].input_ids for i in idx], pad, device)
         labels = torch.full_like(ids, IGNORE_INDEX)
         for row, i in enumerate(idx):
             labels[row, :len(chats[i].labels)] = torch.tensor(chats[i].labels, dtype=torch.long)

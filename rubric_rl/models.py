@@ -6,7 +6,8 @@ Real runs name a hub id or a local path; that goes through ``AutoModelForCausalL
     tiny:hidden=64,layers=2,heads=4,seed=0
 
 which builds a small randomly initialised Llama-style model in-process, with a byte-level BPE
-tokenizer trained on the fly on a text corpus (the shipped quickstart world by default) and cached
+tokenizer trained on the fly on a text corpus (the quickstart world's files by default, shipped as package data in
+``rubric_rl/assets/tiny_corpus/``, so an installed wheel has them too) and cached
 on disk. The tiny path is an offline stand-in, never a replacement for the hub path.
 
 A name may also be a **GGUF file** (llama.cpp's format): ``path/to/model.gguf`` or
@@ -45,18 +46,20 @@ TINY_CHAT_TEMPLATE = (
 TINY_SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|unk|>"]
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-# The shipped quickstart world's files a tiny tokenizer is trained on, named: a file added to the folder (such as
-# seeds_mc.jsonl) must not change the tokenizer, and with it every tiny model and every number made with one.
+# The quickstart world's files a tiny tokenizer is trained on, named: a file added to the world (such as
+# seeds_mc.jsonl) must not change the tokenizer, and with it every tiny model and every number made with one. They
+# ship as package data (TINY_CORPUS_PACKAGE), copies of data/quickstart's that scripts/make_quickstart_world.py
+# writes and tests/test_chat_and_models.py compares byte for byte.
 TINY_CORPUS_FILES = ("documents.jsonl", "test.jsonl", "validation.jsonl", "warmup.jsonl", "seed_rubrics.json")
+TINY_CORPUS_PACKAGE = ("assets", "tiny_corpus")
 
 
-def default_tiny_corpus() -> list[Path]:
-    """The files a tiny tokenizer is trained on when a config names none: the shipped quickstart world."""
-    base = repo_root() / "data" / "quickstart"
+def default_tiny_corpus() -> list:
+    """The files a tiny tokenizer is trained on when a config names none: the package's copy of the quickstart
+    world's (``importlib.resources``: files of an installed wheel or of a clone alike)."""
+    from importlib.resources import files
+
+    base = files("rubric_rl").joinpath(*TINY_CORPUS_PACKAGE)
     return [base / name for name in TINY_CORPUS_FILES]
 
 
@@ -154,8 +157,8 @@ def resolve_local(name_or_path: str) -> str:
 def _corpus_texts(paths: Sequence[str | Path]) -> Iterable[str]:
     """The string values of JSON/JSONL files, and the raw JSON too (so keys and JSON syntax get merges)."""
     for path in paths:
-        path = Path(path)
-        if path.suffix == ".jsonl":
+        path = path if hasattr(path, "read_bytes") else Path(path)  # a Path, or a package resource
+        if path.name.endswith(".jsonl"):
             with path.open(encoding="utf-8") as fh:
                 for line in fh:
                     if line.strip():
@@ -183,8 +186,8 @@ def build_tiny_tokenizer(vocab_size: int = 2048, corpus: Sequence[str | Path] | 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = [Path(p) for p in (corpus or default_tiny_corpus())]
-    missing = [str(p) for p in corpus if not p.exists()]
+    corpus = [p if hasattr(p, "read_bytes") else Path(p) for p in (corpus or default_tiny_corpus())]
+    missing = [str(p) for p in corpus if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"tiny tokenizer corpus file(s) not found: {missing}")
     if not corpus:

@@ -29,6 +29,13 @@ def quiet_trainer_logs(trainer) -> None:
         trainer.add_callback(QuietProgressCallback)
 
 
+def sample_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar counting samples (``disable``d unless ``enabled``): the influence scorer's and ``score``'s."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
+
+
 def phase(name: str, detail: str = "") -> None:
     """One banner line at the start of a long phase: ``== NAME: detail ==``."""
     logger.info("== %s%s ==", name, f": {detail}" if detail else "")

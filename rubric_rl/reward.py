@@ -217,10 +217,10 @@ class InfluenceReward:
             # it from shifting the policy's sampling stream, or a resumed run would diverge.
             import random
 
-            import torch
+            from .devices import fork_rng
 
             py_state = random.getstate()
-            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            with fork_rng():
                 self._scorer = self._scorer_factory()
             random.setstate(py_state)
         return self._scorer

@@ -167,7 +167,7 @@ def save_run_args(output_dir: Path, **configs) -> None:
     (output_dir / "rubric_rl_args.json").write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def _resume_arg(value):
+def resume_arg(value):
     if value is None or value is False:
         return None
     if isinstance(value, str) and value.lower() in ("true", "last", "latest", "1", "yes"):
@@ -181,7 +181,7 @@ def prepare_output_dir(output_dir: Path, state, args, grpo_args, teacher_cfg, in
     """Check (every process), then on the main process clean / record / save the arguments; see the module doc."""
     configs = {"rubric_rl": args, "grpo": grpo_args, "teacher": teacher_cfg, "influence": influence_cfg}
     current = {name: _jsonable(cfg) for name, cfg in configs.items()}
-    decision = check_output_dir(output_dir, current, resume=_resume_arg(grpo_args.resume_from_checkpoint),
+    decision = check_output_dir(output_dir, current, resume=resume_arg(grpo_args.resume_from_checkpoint),
                                 overwrite=bool(getattr(args, "overwrite_output_dir", False)),
                                 allow_changed=bool(getattr(args, "allow_changed_args", False)))
     state.wait_for_everyone()  # every process has read the folder before the main one changes it

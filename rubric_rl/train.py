@@ -36,11 +36,12 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import wandb_log
+from .devices import fork_rng
 from .errors import UserError
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .progress import phase, quiet_trainer_logs
 from .provenance import provenance
-from .rundir import _resume_arg, prepare_output_dir
+from .rundir import resume_arg, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
 
     was_training, py_state = model.training, random.getstate()
     # RNG-neutral: the run samples exactly what it would without the check.
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+    with fork_rng():
         out = gen.generate_raw([d["text"] for d in documents[:n]], seed=grpo_args.seed, batch_size=n)
     random.setstate(py_state)
     model.train(was_training)
@@ -371,7 +372,7 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         scorer = reward.scorer
         logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
                     time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
-    resume = _resume_arg(grpo_args.resume_from_checkpoint)
+    resume = resume_arg(grpo_args.resume_from_checkpoint)
     if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
         if state.is_main_process:
             (output_dir / "metrics.jsonl").unlink(missing_ok=True)

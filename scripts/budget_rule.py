@@ -49,9 +49,9 @@ def synthesize(strategy: str, docs, seed_set, rubric_file: str, teacher, eval_it
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation over seeds, as the evaluation reports them."""
-    from rubric_rl.evaluate.stats import _stats
+    from rubric_rl.evaluate.stats import summary_stats
 
-    st = _stats(xs)
+    st = summary_stats(xs)
     return st["mean"], st["std"]
 
 

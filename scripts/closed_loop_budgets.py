@@ -36,8 +36,8 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     os.chdir(ROOT)
 
-    from rubric_rl.cli import cmd_closed_loop
-    from rubric_rl.evaluate.report import _fmt
+    from rubric_rl.commands.closed_loop import from_argv as cmd_closed_loop
+    from rubric_rl.evaluate.report import format_number
     from rubric_rl.provenance import provenance
 
     made_by = provenance()
@@ -63,13 +63,13 @@ def main(argv=None) -> dict:
     for budget, rep in reports.items():
         for rule, r in rep["rules"].items():
             st = r["final"][p]
-            per = " | ".join(_fmt(r["seeds"][str(s)]["final"][p]) for s in a.seeds)
+            per = " | ".join(format_number(r["seeds"][str(s)]["final"][p]) for s in a.seeds)
             cells = []
             for base in ("static", "random"):
                 pr = rep["paired"].get(f"{rule}>{base}")
                 cells.append(f"{pr['wins']}/{pr['seeds']}, {pr['mean_advantage']:+.4f}" if pr else "-")
             md.append(f"| {budget} | {rule} | {st['mean']:.4f} ± {st['std']:.4f} | {per} | {cells[0]} | {cells[1]} |")
-    md += ["", f"Untrained target: test {p} {_fmt(first['baseline'][p])}. Curves: "
+    md += ["", f"Untrained target: test {p} {format_number(first['baseline'][p])}. Curves: "
            + ", ".join(f"budget_curve_{b}.png" for b in a.budgets) + ".", ""]
     slim = {b: {k: v for k, v in rep.items() if k != "rules"} | {
         "rules": {rule: {k: v for k, v in r.items() if k != "curve"} for rule, r in rep["rules"].items()}}

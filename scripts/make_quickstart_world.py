@@ -122,6 +122,13 @@ def main() -> None:
     dump("test.jsonl", test)
     dump("warmup.jsonl", warmup)
     (out / "seed_rubrics.json").write_text(json.dumps(SEED_RUBRICS, indent=1) + "\n", encoding="utf-8")
+    from rubric_rl.models import TINY_CORPUS_FILES, TINY_CORPUS_PACKAGE
+
+    package_copy = Path(__file__).resolve().parents[1] / "rubric_rl" / Path(*TINY_CORPUS_PACKAGE)
+    if out.resolve() == (Path(__file__).resolve().parents[1] / "data" / "quickstart").resolve():
+        package_copy.mkdir(parents=True, exist_ok=True)  # the tiny tokenizer's corpus, shipped as package data
+        for name in TINY_CORPUS_FILES:
+            (package_copy / name).write_bytes((out / name).read_bytes())
     print(f"wrote {len(docs)} documents, {len(validation)} validation, {len(test)} test, "
           f"{len(warmup)} warm-up samples, {len(SEED_RUBRICS)} seed rubrics to {out}")
 

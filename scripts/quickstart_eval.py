@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=os.environ.get("RUBRIC_RL_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     os.chdir(ROOT)  # the config names data/quickstart/... relative to the repository
-    from rubric_rl.cli import cmd_evaluate
+    from rubric_rl.commands.evaluate import from_argv as cmd_evaluate
 
     t0 = time.perf_counter()
     report = cmd_evaluate(["--config", a.config,

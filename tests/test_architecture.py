@@ -1,9 +1,10 @@
 """The package's shape (docs/architecture.md): no import cycle among rubric_rl modules, function-level imports
-included, and no module over 500 lines without a reason in its docstring.
+included, no module over 500 lines without a reason in its docstring, and the module map's names and imports
+column true to the code.
 
 The import graph is read from the source (``ast``), not by importing: every ``import`` and ``from ... import``
-anywhere in a module (top level, inside functions, under ``if TYPE_CHECKING``, in ``try``), relative or
-absolute. Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to each package on the way
+anywhere in a module (top level, inside functions, under ``if TYPE_CHECKING``, in ``try``; not under
+``if __name__ == "__main__"``, a script's entry point that never runs on import), relative or absolute. Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so it is an edge to each package on the way
 that is not the importer's own package (those are already being imported when the importer runs).
 """
 
@@ -41,11 +42,35 @@ def _resolve(importer: str, is_package: bool, level: int, name: str | None) -> s
     return ".".join(base + ([name] if name else []))
 
 
+def _is_main_guard(node) -> bool:
+    """``if __name__ == "__main__":``, a script's entry point: what it imports never runs when the module is
+    imported (run as ``python -m``, the module is ``__main__``, another module than the imported one)."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__" and len(test.comparators) == 1
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+
+
+def import_nodes(path: Path):
+    """``(import statement, inside a function?)`` for every import of the module at ``path``, at any depth, except
+    under a ``__main__`` guard."""
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            if _is_main_guard(child):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                yield child, in_function
+            yield from visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                      ast.Lambda)))
+
+    yield from visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
+
+
 def imported_names(mod: str, path: Path, known: set[str]) -> set[str]:
     """The rubric_rl modules ``mod`` imports (the nearest existing module of each imported name)."""
     is_package = path.name == "__init__.py"
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node, _ in import_nodes(path):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -116,6 +141,7 @@ def test_the_graph_sees_relative_absolute_and_function_level_imports():
     assert "rubric_rl.evaluate.run" in graph["rubric_rl.calibrate"]  # function level, relative, a submodule
     assert "rubric_rl.evaluate" in graph["rubric_rl.calibrate"]  # the package __init__ the import runs
     assert "rubric_rl.evaluate" not in graph["rubric_rl.evaluate.run"]  # its own package is already running
+    assert "rubric_rl.cli" not in graph["rubric_rl.teachers.server"]  # under its __main__ guard: a script entry
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -173,3 +199,145 @@ def test_the_module_map_names_every_module_and_only_real_ones():
 def test_the_map_reader_expands_braces_and_shared_folders():
     text = "## 2. Module map\n| `a/{b,c}.py` | x |\n| `d/e.py`, `f.py` | y |\n| `g.py` | z |\n## 3. next\n| `h.py` |"
     assert _map_paths(text) == {"a/b.py", "a/c.py", "d/e.py", "d/f.py", "g.py"}
+
+
+# ---------------------------------------------------------------------------------------------- the imports column
+def imports_by_kind(mod: str, path: Path, known: set[str]) -> tuple[set[str], set[str]]:
+    """The rubric_rl modules ``mod`` names in its imports: (those imported when it is imported, those imported only
+    inside a function). Class bodies, ``try`` and ``if`` at module level run at import time; the package steps on
+    the way (``a`` of ``a.b``) are not listed, as the map does not list them."""
+    is_package = path.name == "__init__.py"
+    top: set[str] = set()
+    inner: set[str] = set()
+
+    def names(node) -> set[str]:
+        if isinstance(node, ast.Import):
+            found = {alias.name for alias in node.names}
+        else:
+            base = _resolve(mod, is_package, node.level, node.module)
+            found = {f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names}
+        out = set()
+        for target in found:
+            while target and target not in known:
+                target = target.rpartition(".")[0]
+            if target and target != mod:
+                out.add(target)
+        return out
+
+    for node, in_function in import_nodes(path):
+        (inner if in_function else top).update(names(node))
+    return top, inner - top
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside braces and parentheses."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "{("
+        depth -= ch in "})"
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def _expand(name: str) -> list[str]:
+    m = re.fullmatch(r"(.*?)\{([^}]*)\}(.*)", name)
+    return [f"{m.group(1)}{n.strip()}{m.group(3)}" for n in m.group(2).split(",")] if m else [name]
+
+
+def _map_imports(text: str) -> dict[str, set[str]]:
+    """The imports column of docs/architecture.md's module map: ``{module path: {"errors", "*models", ...}}``.
+
+    The cell is ``;``-separated groups of ``,``-separated names (relative to rubric_rl; ``rubric_rl`` is the package
+    itself; ``a.{b,c}`` is ``a.b, a.c``; a leading ``*``: imported inside a function; ``**bold**`` is emphasis; ``—``:
+    none). A group that ends with ``(x, y: comment)`` is the imports of the row's files ``x.py`` and ``y.py`` only;
+    any other group is every file of the row's."""
+    section = text.split("## 2. Module map", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = line.strip().strip("|").split("|")
+        files = sorted(_map_paths("## 2. Module map\n|" + cells[0] + "|\n"))
+        out.update({f: set() for f in files})
+        cell = cells[-1].strip().replace("**", "").replace("`", "")
+        if cell in ("—", "-", ""):
+            continue
+        for group in _split_top(cell, ";"):
+            group = group.strip()
+            only = files
+            m = re.fullmatch(r"(.*?)\s*\(([^)]*)\)", group)
+            if m:
+                group = m.group(1)
+                stems = [s.split(":")[0].strip() for s in m.group(2).split(",")]
+                only = [f for f in files if f.rsplit("/", 1)[-1][:-3] in stems]
+                assert len(only) == len(stems), f"{line[:60]}: ({m.group(2)}) names a file the row does not"
+            for item in _split_top(group, ","):
+                for name in _expand(item.strip()):
+                    for f in only:
+                        out[f].add(name)
+    return out
+
+
+def test_the_map_reader_reads_the_imports_column():
+    text = ("## 2. Module map\n| `a.py` | x | y | b, c.{d,e}; *f |\n| `g/{h,i}.py` | x | y | j; k (h); *l (i: why) |\n"
+            "| `m.py` | x | y | — |\n## 3.")
+    assert _map_imports(text) == {"a.py": {"b", "c.d", "c.e", "*f"}, "g/h.py": {"j", "k"}, "g/i.py": {"j", "*l"},
+                                  "m.py": set()}
+
+
+def test_the_maps_imports_column_is_the_code():
+    """Each row's imports column names what the module imports, no more, no less: ``*`` exactly on the modules it
+    imports only inside a function."""
+    doc = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    mods = modules()
+    known = set(mods)
+    by_path = {str(p.relative_to(ROOT)): (m, p) for m, p in mods.items()}
+    wrong = []
+    for path, listed in sorted(_map_imports(doc).items()):
+        mod, file = by_path[path]
+        top, inner = imports_by_kind(mod, file, known)
+        short = lambda m: m if m == PACKAGE else m[len(PACKAGE) + 1:]  # noqa: E731
+        real = {short(m) for m in top} | {"*" + short(m) for m in inner}
+        if listed != real:
+            wrong.append(f"{path}: listed but not imported so: {sorted(listed - real)}; imported so but not listed: "
+                         f"{sorted(real - listed)}")
+    assert not wrong, "docs/architecture.md's imports column is wrong:\n" + "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------------------------------- private names
+# ``from module import _name`` across modules of the package, allowed only with the reason written here
+# ({(importer, "module._name"): "why"}). Names private to a module are its own business; what another module needs
+# is public, under a name that says what it is.
+PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
+
+
+def private_imports() -> set[tuple[str, str]]:
+    """``(importer, "module._name")`` for every ``from module import _name`` of a rubric_rl module from another one
+    (a private submodule is a module, not a name, and ``__dunder__`` names are not private)."""
+    mods = modules()
+    found = set()
+    for mod, path in mods.items():
+        for node, _ in import_nodes(path):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = _resolve(mod, path.name == "__init__.py", node.level, node.module)
+            if base != PACKAGE and not base.startswith(PACKAGE + "."):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if name.startswith("_") and not name.startswith("__") and f"{base}.{name}" not in mods:
+                    found.add((mod, f"{base}.{name}"))
+    return found
+
+
+def test_no_private_cross_module_import():
+    found = private_imports()
+    unexplained = sorted(found - set(PRIVATE_IMPORTS_ALLOWED))
+    assert not unexplained, "private names imported from another module (make them public, or allow one with a " \
+                            "reason in PRIVATE_IMPORTS_ALLOWED): " + ", ".join(f"{a} <- {b}" for a, b in unexplained)
+    stale = sorted(set(PRIVATE_IMPORTS_ALLOWED) - found)
+    assert not stale, f"PRIVATE_IMPORTS_ALLOWED names imports that no longer exist: {stale}"

@@ -72,3 +72,17 @@ def test_tiny_tokenizer_corpus_is_named_files_not_the_folder(quickstart_dir):
                                         "seed_rubrics.json"]
     assert all(p.exists() for p in corpus)
     assert (quickstart_dir / "seeds_mc.jsonl").exists() and quickstart_dir / "seeds_mc.jsonl" not in corpus
+
+
+def test_the_tiny_corpus_ships_as_package_data_equal_to_the_world(quickstart_dir):
+    """The tiny tokenizer reads its corpus through importlib.resources (an installed wheel has no data/ folder); the
+    package's copy is the quickstart world's files byte for byte, so the tokenizer and every tiny number stay as
+    they were (scripts/make_quickstart_world.py writes both)."""
+    from importlib.resources import files
+
+    from rubric_rl.models import TINY_CORPUS_FILES, TINY_CORPUS_PACKAGE, default_tiny_corpus
+
+    package = files("rubric_rl").joinpath(*TINY_CORPUS_PACKAGE)
+    assert [str(p) for p in default_tiny_corpus()] == [str(package / n) for n in TINY_CORPUS_FILES]
+    for name in TINY_CORPUS_FILES:
+        assert (package / name).read_bytes() == (quickstart_dir / name).read_bytes(), name

@@ -93,13 +93,13 @@ def test_missing_config_file_is_a_clear_error(capsys):
 
 def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
     """With evaluate_config set (the quickstart), `rubric-rl train` ends by evaluating its export."""
-    import rubric_rl.cli
+    import rubric_rl.commands.evaluate
     import rubric_rl.train
 
     calls = []
     monkeypatch.setattr(rubric_rl.train, "train", lambda *a: {
         "output_dir": str(tmp_path), "export_dir": str(tmp_path / "export"), "reward": {}})
-    monkeypatch.setattr(rubric_rl.cli, "cmd_evaluate", lambda argv, **given: calls.append((argv, given)))
+    monkeypatch.setattr(rubric_rl.commands.evaluate, "from_argv", lambda argv, **given: calls.append((argv, given)))
     main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path),
           "--influence_proj_dim", "512"])
     assert [argv for argv, _ in calls] == [
@@ -120,7 +120,7 @@ def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
 def test_the_runs_settings_win_over_the_evaluation_file_with_a_warning(caplog):
     import logging
 
-    from rubric_rl.cli import _given_over_file
+    from rubric_rl.commands.evaluate import given_over_file as _given_over_file
     from rubric_rl.configs.teacher import TeacherConfig
 
     run, file = TeacherConfig(teacher_temperature=0.5), TeacherConfig(teacher_temperature=0.9)
@@ -216,6 +216,17 @@ def test_help_names_only_real_grpo_fields_and_titles_every_dataclass():
         for cls in vars(module).values():
             if dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__:
                 assert cls._argument_group_name, cls
+
+
+def test_the_registry_parses_exactly_the_settings_layer():
+    """known_config_fields reads the settings layer (config sits below the command registry): every command's
+    dataclasses are classes of rubric_rl.configs (or TRL's GRPOConfig), and every such class is some command's."""
+    from rubric_rl.commands import COMMANDS, parsed_types
+    from rubric_rl.config import GRPO_CONFIG, settings_classes
+
+    named = {t for name in COMMANDS for t in parsed_types(name)}
+    assert named == set(settings_classes()) | {GRPO_CONFIG}
+    assert all(hasattr(COMMANDS[name], "run") for name in COMMANDS)
 
 
 def test_help_with_a_config_shows_the_files_values(capsys):

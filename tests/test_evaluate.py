@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from rubric_rl.config import _merge_repeated
+from rubric_rl.config import merge_repeated
 from rubric_rl.evaluate import (EvalArguments, EvalConfig, Source, correlation, distinct_n, evaluate, format_paired,
                                 parse_sources, resolve_source, synthesize_dataset)
 from rubric_rl.configs.influence import InfluenceConfig
@@ -178,7 +178,7 @@ def test_parse_sources_and_cli_merging(tmp_path, rubric_files):
             parse_sources(bad)
     argv = ["--config", "c.yaml", "--sources", "a=none", "--eval_epochs", "2", "--sources", "b=x", "c=y",
             "--sources=d=z"]
-    assert _merge_repeated(argv) == ["--config", "c.yaml", "--eval_epochs", "2", "--sources", "a=none", "b=x", "c=y",
+    assert merge_repeated(argv) == ["--config", "c.yaml", "--eval_epochs", "2", "--sources", "a=none", "b=x", "c=y",
                                      "d=z"]
     assert EvalArguments(sources={"a": "none"}, output="o").sources == ["a=none"]
     with pytest.raises(ValueError, match="--output"):
@@ -205,7 +205,7 @@ def test_cmd_parses_config_and_flags(tmp_path, quickstart_dir):
     yaml.write_text("eval_epochs: 7\nteacher_backend: template\ntarget_model_name_or_path: 'tiny:hidden=8'\n"
                     "sources: {a: none}\n")
     ea, cfg, tc, ic = parse_config((EvalArguments, EvalConfig, TeacherConfig, InfluenceConfig),
-                                   _merge_repeated(["--config", str(yaml), "--sources", "b=none", "--sources", "c=none",
+                                   merge_repeated(["--config", str(yaml), "--sources", "b=none", "--sources", "c=none",
                                                     "--output", "o", "--eval_seeds", "4", "5"]))
     assert cfg.eval_epochs == 7 and cfg.eval_seeds == [4, 5] and parse_sources(ea.sources) == {"b": "none", "c": "none"}
     assert ic.target_model_name_or_path == "tiny:hidden=8" and tc.teacher_backend == "template"

@@ -291,7 +291,7 @@ def test_compare_says_nothing_without_a_report_and_warns_on_a_broken_one(tmp_pat
 
 
 def test_train_prints_the_closing_line_after_its_evaluation(tmp_path, monkeypatch, capsys):
-    import rubric_rl.cli
+    import rubric_rl.commands.evaluate
     import rubric_rl.train
     from rubric_rl.cli import main
 
@@ -301,7 +301,7 @@ def test_train_prints_the_closing_line_after_its_evaluation(tmp_path, monkeypatc
     monkeypatch.setattr(dist, "REPORT", _committed(tmp_path))
     monkeypatch.setattr(rubric_rl.train, "train", lambda *a: {
         "output_dir": str(out), "export_dir": str(out / "export"), "reward": {}})
-    monkeypatch.setattr(rubric_rl.cli, "cmd_evaluate", lambda argv, **given: eval_report([1.0, 1.1, 1.05]))
+    monkeypatch.setattr(rubric_rl.commands.evaluate, "from_argv", lambda argv, **given: eval_report([1.0, 1.1, 1.05]))
     main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out)])
     lines = capsys.readouterr().out.rstrip().splitlines()
     assert lines[-2] == "This run: trained 1.050 vs seed 1.300 mean test loss (3/3 paired wins)"

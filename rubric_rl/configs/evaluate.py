@@ -8,6 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+# How a multiple-choice item's context is built (rubric_rl/mcscore.py scores with it; here so this layer imports
+# nothing above it)
+MC_CONTEXT_MODES = ("reasoning_prefix", "prompt")
+
 
 REPORT_FORMAT = 1
 FINETUNE_MODES = ("full", "lora")
@@ -113,8 +117,6 @@ class EvalConfig:
             raise ValueError(f"eval_primary_metric must be one of {list(PRIMARY_METRICS)}, got {self.eval_primary_metric!r}")
         if self.eval_lr_scheduler_type not in SCHEDULERS:
             raise ValueError(f"eval_lr_scheduler_type must be one of {list(SCHEDULERS)}, got {self.eval_lr_scheduler_type!r}")
-        from ..mcscore import MC_CONTEXT_MODES
-
         if self.eval_mc_context not in MC_CONTEXT_MODES:
             raise ValueError(f"eval_mc_context must be one of {list(MC_CONTEXT_MODES)}, got {self.eval_mc_context!r}")
         for name in ("eval_lora_r", "eval_batch_size", "eval_max_length", "eval_num_samples", "eval_score_batch_size",

@@ -9,12 +9,7 @@ import time
 import torch
 
 from ..configs.evaluate import EvalConfig
-
-
-def _device(name: str) -> torch.device:
-    if name and name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from ..devices import fork_rng
 
 
 def load_target(cfg: EvalConfig, target: str, tokenizer, device, seed: int, trust_remote_code: bool = False):
@@ -40,7 +35,7 @@ def finetune_fresh(cfg: EvalConfig, target: str, tokenizer, device, samples: lis
     seeded by ``seed`` inside a fork (nothing leaks to what runs next): the evaluation's protocol, which the closed
     loop shares, so a dataset gives the same student in both."""
     model = load_target(cfg, target, tokenizer, device, seed=seed, trust_remote_code=trust_remote_code)
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+    with fork_rng():
         torch.manual_seed(seed)
         return model, finetune(model, tokenizer, samples, cfg, seed=seed, progress=False)
 
@@ -50,7 +45,7 @@ def finetune(model, tokenizer, samples: list[dict], cfg: EvalConfig, *, seed: in
     from transformers import get_scheduler
 
     from ..data.chat import IGNORE_INDEX, tokenize_chat
-    from ..mcscore import _pad_batch
+    from ..mcscore import pad_batch
 
     chats = [tokenize_chat(tokenizer, s["messages"], cfg.eval_max_length) for s in samples]
     chats = [c for c in chats if c.num_loss_tokens > 0]
@@ -79,7 +74,7 @@ def finetune(model, tokenizer, samples: list[dict], cfg: EvalConfig, *, seed: in
             rng.shuffle(order)
         batch = [chats[i] for i in order[:cfg.eval_batch_size]]
         order = order[cfg.eval_batch_size:]
-        ids, mask = _pad_batch([c.input_ids for c in batch], pad, device)
+        ids, mask = pad_batch([c.input_ids for c in batch], pad, device)
         labels = torch.full_like(ids, IGNORE_INDEX)
         for row, c in enumerate(batch):
             labels[row, :len(c.labels)] = torch.tensor(c.labels, dtype=torch.long)

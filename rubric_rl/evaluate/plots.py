@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS
-from .report import _fmt
+from .report import format_number
 from .synthesis import Source
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -95,7 +95,7 @@ def write_plots(report: dict, sources: list[Source], out_dir: Path) -> list[str]
         c = report["correlation"][f"influence_vs_{primary}_gain"]
         ax.set_xlabel("dataset mean influence")
         ax.set_ylabel(f"held-out {primary} gain")
-        ax.set_title(f"Pearson r = {_fmt(c['pearson_r'])} (n = {c['n']})")
+        ax.set_title(f"Pearson r = {format_number(c['pearson_r'])} (n = {c['n']})")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out_dir / "influence_vs_gain.png", dpi=120)

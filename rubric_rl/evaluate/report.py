@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
 from ..jsonl import iter_log_rows
-from .stats import _stats, correlation
+from .stats import summary_stats, correlation
 from .synthesis import Source
 
 
@@ -21,16 +21,16 @@ def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: l
     for src in sources:
         rs = [r for r in runs if r["source"] == src.name]
         summary[src.name] = {
-            **{m: _stats([r["heldout"].get(m) for r in rs]) for m in PRIMARY_METRICS + ("gold_choice_nll",)},
-            **{f"{m}_gain": _stats([r["gain"][m] for r in rs]) for m in PRIMARY_METRICS},
-            "influence_mean": _stats([r["influence"]["mean"] for r in rs]),
-            "validity_rate": _stats([r["synthesis"]["validity_rate"] for r in rs]),
-            "samples": _stats([r["dataset"]["samples"] for r in rs]),
-            "tokens": _stats([r["dataset"]["tokens"] for r in rs]),
-            "answer_tokens": _stats([r["dataset"]["answer_tokens"] for r in rs]),
-            "distinct_1": _stats([r["dataset"]["distinct_1"] for r in rs]),
-            "distinct_2": _stats([r["dataset"]["distinct_2"] for r in rs]),
-            "distinct_3": _stats([r["dataset"]["distinct_3"] for r in rs]),
+            **{m: summary_stats([r["heldout"].get(m) for r in rs]) for m in PRIMARY_METRICS + ("gold_choice_nll",)},
+            **{f"{m}_gain": summary_stats([r["gain"][m] for r in rs]) for m in PRIMARY_METRICS},
+            "influence_mean": summary_stats([r["influence"]["mean"] for r in rs]),
+            "validity_rate": summary_stats([r["synthesis"]["validity_rate"] for r in rs]),
+            "samples": summary_stats([r["dataset"]["samples"] for r in rs]),
+            "tokens": summary_stats([r["dataset"]["tokens"] for r in rs]),
+            "answer_tokens": summary_stats([r["dataset"]["answer_tokens"] for r in rs]),
+            "distinct_1": summary_stats([r["dataset"]["distinct_1"] for r in rs]),
+            "distinct_2": summary_stats([r["dataset"]["distinct_2"] for r in rs]),
+            "distinct_3": summary_stats([r["dataset"]["distinct_3"] for r in rs]),
         }
     lower = LOWER_IS_BETTER[primary]
 
@@ -54,7 +54,7 @@ def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: l
                 d = (vb - va) if lower else (va - vb)  # > 0: a better than b
                 diffs.append(d)
                 wins += d > 0
-            paired[f"{a}>{b}"] = {"wins": wins, "seeds": len(diffs), "mean_advantage": _stats(diffs)["mean"],
+            paired[f"{a}>{b}"] = {"wins": wins, "seeds": len(diffs), "mean_advantage": summary_stats(diffs)["mean"],
                                   "advantages": diffs}
     corr = {}
     for m in PRIMARY_METRICS:
@@ -102,25 +102,25 @@ def reward_curve(run_dir: str | None) -> dict:
             "first_20pct_mean": sum(first) / len(first), "last_20pct_mean": sum(last) / len(last)}
 
 
-def _fmt(x, digits: int = 3) -> str:
+def format_number(x, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:.{digits}f}"
 
 
-def _pm(st: dict, digits: int = 3) -> str:
+def format_mean_std(st: dict, digits: int = 3) -> str:
     if st["mean"] is None:
         return "-"
     return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}" if st["n"] > 1 else f"{st['mean']:.{digits}f}"
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     return obj
 
 
@@ -131,15 +131,15 @@ def format_table(report: dict) -> str:
             "mean influence | validity | distinct-2 | samples | tokens |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     b = report["baseline"]
-    lines.append(f"| (untrained target) | - | {_fmt(b['loss'])} | {_fmt(b.get('acc'))} | {_fmt(b.get('acc_norm'))} "
-                 f"| {_fmt(b.get('gold_choice_nll'))} | 0 | - | - | - | 0 | 0 |")
+    lines.append(f"| (untrained target) | - | {format_number(b['loss'])} | {format_number(b.get('acc'))} | {format_number(b.get('acc_norm'))} "
+                 f"| {format_number(b.get('gold_choice_nll'))} | 0 | - | - | - | 0 | 0 |")
     for name in report["ranking"]:
         s = report["summary"][name]
         kind = report["sources"][name]["kind"]
-        lines.append(f"| **{name}** | {kind} | {_pm(s['loss'])} | {_pm(s['acc'])} | {_pm(s['acc_norm'])} | "
-                     f"{_pm(s['gold_choice_nll'])} | "
-                     f"{_pm(s[primary + '_gain'])} | {_pm(s['influence_mean'], 4)} | {_pm(s['validity_rate'], 2)} | "
-                     f"{_pm(s['distinct_2'])} | {_pm(s['samples'], 0)} | {_pm(s['tokens'], 0)} |")
+        lines.append(f"| **{name}** | {kind} | {format_mean_std(s['loss'])} | {format_mean_std(s['acc'])} | {format_mean_std(s['acc_norm'])} | "
+                     f"{format_mean_std(s['gold_choice_nll'])} | "
+                     f"{format_mean_std(s[primary + '_gain'])} | {format_mean_std(s['influence_mean'], 4)} | {format_mean_std(s['validity_rate'], 2)} | "
+                     f"{format_mean_std(s['distinct_2'])} | {format_mean_std(s['samples'], 0)} | {format_mean_std(s['tokens'], 0)} |")
     return "\n".join(lines)
 
 
@@ -186,8 +186,8 @@ def format_markdown(report: dict) -> str:
         cells = []
         for s in seeds:
             r = by[(name, s)]
-            cells.append(f"{_fmt(r['heldout'].get(primary))} / {_fmt(r['heldout'].get('acc'))} / "
-                         f"{_fmt(r['influence']['mean'], 4)}")
+            cells.append(f"{format_number(r['heldout'].get(primary))} / {format_number(r['heldout'].get('acc'))} / "
+                         f"{format_number(r['influence']['mean'], 4)}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out += ["", f"## Paired wins on {primary} (same seed = same documents, teacher seeds, target init)", ""]
     names = report["ranking"]
@@ -200,17 +200,17 @@ def format_markdown(report: dict) -> str:
                 cells.append("-")
             else:
                 p = report["paired"][f"{a}>{b}"]
-                cells.append(f"{p['wins']}/{p['seeds']} ({_fmt(p['mean_advantage'], 4)})")
+                cells.append(f"{p['wins']}/{p['seeds']} ({format_number(p['mean_advantage'], 4)})")
         out.append(f"| {a} | " + " | ".join(cells) + " |")
     c = report["correlation"][f"influence_vs_{primary}_gain"]
     out += ["", "## Influence vs held-out gain", "",
             f"Pearson r between a dataset's mean influence and its {primary} gain over {c['n']} (source, seed) "
-            f"datasets: **{_fmt(c['pearson_r'])}** (Spearman {_fmt(c['spearman_rho'])}, permutation p "
-            f"{_fmt(c['p_permutation'])}); OptimSyn reports r = 0.71."]
+            f"datasets: **{format_number(c['pearson_r'])}** (Spearman {format_number(c['spearman_rho'])}, permutation p "
+            f"{format_number(c['p_permutation'])}); OptimSyn reports r = 0.71."]
     for m in PRIMARY_METRICS:
         if m != primary:
             cm = report["correlation"][f"influence_vs_{m}_gain"]
-            out.append(f"- vs {m} gain: r = {_fmt(cm['pearson_r'])} (n = {cm['n']})")
+            out.append(f"- vs {m} gain: r = {format_number(cm['pearson_r'])} (n = {cm['n']})")
     out += ["", "## Datasets", "", "| source | validity | rejected (all seeds) | formats (all seeds) | distinct-1/2/3 |",
             "|---|---|---|---|---|"]
     for name in names:
@@ -220,10 +220,10 @@ def format_markdown(report: dict) -> str:
             rej.update(r["synthesis"]["rejected"])
             fm.update(r["dataset"]["formats"])
         s = report["summary"][name]
-        out.append(f"| {name} | {_pm(s['validity_rate'], 2)} | "
+        out.append(f"| {name} | {format_mean_std(s['validity_rate'], 2)} | "
                    f"{', '.join(f'{k} {v}' for k, v in rej.most_common(4)) or '-'} | "
                    f"{', '.join(f'{k} {v}' for k, v in fm.most_common(4))} | "
-                   f"{_fmt(s['distinct_1']['mean'])} / {_fmt(s['distinct_2']['mean'])} / {_fmt(s['distinct_3']['mean'])} |")
+                   f"{format_number(s['distinct_1']['mean'])} / {format_number(s['distinct_2']['mean'])} / {format_number(s['distinct_3']['mean'])} |")
     subt = {}
     for r in report["runs"]:
         for st, v in (r["heldout"].get("per_subtask") or {}).items():
@@ -233,10 +233,10 @@ def format_markdown(report: dict) -> str:
         out += ["", "## Test accuracy per subtask (mean over seeds)", "",
                 "| source | " + " | ".join(sts) + " |", "|---|" + "---|" * len(sts)]
         base_sub = report["baseline"].get("per_subtask") or {}
-        out.append("| (untrained) | " + " | ".join(_fmt(base_sub.get(st, {}).get("acc")) for st in sts) + " |")
+        out.append("| (untrained) | " + " | ".join(format_number(base_sub.get(st, {}).get("acc")) for st in sts) + " |")
         for name in names:
             vals = subt.get(name, {})
-            out.append(f"| {name} | " + " | ".join(_fmt(sum(vals[st]) / len(vals[st])) if st in vals else "-"
+            out.append(f"| {name} | " + " | ".join(format_number(sum(vals[st]) / len(vals[st])) if st in vals else "-"
                                                    for st in sts) + " |")
     curves = report.get("reward_curves") or {}
     if curves:
@@ -244,7 +244,7 @@ def format_markdown(report: dict) -> str:
         for name, cv in curves.items():
             if cv.get("available"):
                 out.append(f"- {name}: `{cv['run_dir']}`, {len(cv['steps'])} steps, mean reward first 20% "
-                           f"{_fmt(cv['first_20pct_mean'])} -> last 20% {_fmt(cv['last_20pct_mean'])} "
+                           f"{format_number(cv['first_20pct_mean'])} -> last 20% {format_number(cv['last_20pct_mean'])} "
                            f"(reward_curve_{name}.png)")
             else:
                 out.append(f"- {name}: not available ({cv.get('why')})")

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from ..configs.evaluate import PRIMARY_METRICS, EvalConfig
+from ..devices import resolve_device
 from ..jsonl import write_jsonl
-from .finetuning import _device, finetune_fresh, load_target
+from .finetuning import finetune_fresh, load_target
 from .heldout import heldout_metrics
 from .plots import write_plots
-from .report import _fmt, _jsonable, build_report, format_markdown
-from .stats import _gain, _stats
+from .report import build_report, format_markdown, format_number, jsonable
+from .stats import gain, summary_stats
 from .synthesis import Source, dataset_stats, loop_dataset, resolve_source, synthesize_dataset
 
 
@@ -48,7 +49,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.eval_torch_num_threads:
         torch.set_num_threads(cfg.eval_torch_num_threads)
-    device = _device(cfg.eval_device)
+    device = resolve_device(cfg.eval_device)
     generators = dict(generators or {})
 
     resolved = []
@@ -146,7 +147,7 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
                         scorer = InfluenceScorer.from_config(influence_cfg, influence_dir)
                 vals = [r.value for r in scorer.score([s["messages"] for s in samples]) if r.value is not None
                         and math.isfinite(r.value)]
-                st = _stats(vals)
+                st = summary_stats(vals)
                 infl = {"mean": st["mean"], "std": st["std"], "scored": len(vals)}
                 timing["influence_s"] += time.perf_counter() - t0
 
@@ -157,12 +158,12 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
             held = heldout_metrics(model, tokenizer, test_items, cfg) if samples else dict(baseline)
             timing["heldout_s"] += time.perf_counter() - t0
             del model
-            gains = {m: _gain(m, held.get(m), baseline.get(m)) for m in PRIMARY_METRICS}
+            gains = {m: gain(m, held.get(m), baseline.get(m)) for m in PRIMARY_METRICS}
             runs.append({"source": src.name, "seed": seed, "synthesis": sstats, "dataset": dstats,
                          "dataset_path": str(ds_path) if ds_path else None, "influence": infl, "finetune": ft,
                          "heldout": held, "gain": gains})
             logger.info("%s seed %d: %d samples (validity %.2f), influence %s, test loss %.4f, acc %s", src.name, seed,
-                        len(samples), sstats["validity_rate"], _fmt(infl["mean"]), held["loss"], _fmt(held.get("acc")))
+                        len(samples), sstats["validity_rate"], format_number(infl["mean"]), held["loss"], format_number(held.get("acc")))
             bar.update(1)
     bar.close()
     if scorer is not None:
@@ -178,6 +179,6 @@ def evaluate(eval_cfg: EvalConfig, teacher_cfg, influence_cfg, sources: dict[str
     report["timing"] = timing
     report["plots"] = write_plots(report, resolved, out_dir)
     report["timing"]["total_s"] = round(time.perf_counter() - t_start, 3)
-    (out_dir / "report.json").write_text(json.dumps(_jsonable(report), indent=1) + "\n")
+    (out_dir / "report.json").write_text(json.dumps(jsonable(report), indent=1) + "\n")
     (out_dir / "report.md").write_text(format_markdown(report))
     return report

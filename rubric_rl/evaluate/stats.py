@@ -10,7 +10,7 @@ from ..configs.evaluate import LOWER_IS_BETTER
 from ..stats import pearson, spearman
 
 
-def _stats(values: list[float]) -> dict:
+def summary_stats(values: list[float]) -> dict:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": values}
@@ -49,7 +49,7 @@ def correlation(x: list[float], y: list[float], *, permutations: int = 10000, se
     return out
 
 
-def _gain(metric: str, value, base) -> float | None:
+def gain(metric: str, value, base) -> float | None:
     if value is None or base is None:
         return None
     return (base - value) if LOWER_IS_BETTER[metric] else (value - base)

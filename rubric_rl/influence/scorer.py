@@ -35,6 +35,8 @@ import torch
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
+from ..devices import resolve_device
+from ..progress import sample_bar as _tqdm
 from ..provenance import file_sha256
 from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
@@ -57,19 +59,6 @@ class InfluenceResult:
     value: float | None
     reason: str | None = None
     truncated: bool = False
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    if name is not None and str(name) != "auto":
-        return torch.device(name)
-    try:
-        from accelerate.state import PartialState
-
-        if PartialState._shared_state:
-            return PartialState().device
-    except Exception:  # pragma: no cover
-        pass
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -165,7 +154,7 @@ class InfluenceScorer:
         if cfg.influence_validation_data is None:
             raise ValueError("influence_validation_data is not set; it must name the validation chat jsonl")
         run_dir = Path(run_dir)
-        dev = resolve_device(device if device is not None else cfg.influence_device)
+        dev = resolve_device(device if device is not None else cfg.influence_device, launcher=True)
         reused = warmup_finished(run_dir)
         wdir = run_warmup(cfg, run_dir, progress=progress)
         tok_dir = wdir / "tokenizer"
@@ -436,9 +425,3 @@ class InfluenceScorer:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def _tqdm(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)

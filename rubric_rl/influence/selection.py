@@ -28,7 +28,8 @@ from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
 from ..configs.influence import InfluenceConfig
 from . import shards
-from .scorer import BAD_FORMAT, InfluenceScorer, _tqdm
+from ..progress import sample_bar
+from .scorer import BAD_FORMAT, InfluenceScorer
 from .warmup import wait_for_warmup
 
 logger = logging.getLogger("rubric_rl.influence.scorer")
@@ -95,7 +96,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     top: list[tuple[float, int, str]] = []
     first_line: dict[str, int] = {}  # canonical messages -> the line number that had them first
     start = time.perf_counter()
-    bar = _tqdm(hi - lo, "scoring" if num_shards == 1 else f"scoring shard {shard_index} of {num_shards}", progress)
+    bar = sample_bar(hi - lo, "scoring" if num_shards == 1 else f"scoring shard {shard_index} of {num_shards}", progress)
     with shards.open_lines(write_to, remove_on_error=num_shards > 1) as out:
         for c0 in range(0, hi, chunk_size):  # chunks before the shard's: only to know their lines' messages
             chunk = lines[c0:c0 + chunk_size]

@@ -255,9 +255,9 @@ def create_app(scorers, *, devices=None, fingerprint: str | None = None, setting
     reports and what clients compare endpoints by; ``api_key``, when given, is required as a Bearer token on
     ``/v1/score`` and ``/metrics``. The caller owns the scorers (closing them is its business).
     """
-    from ..teachers.server import _import_serve_deps
+    from ..errors import import_extra
 
-    _import_serve_deps("serve-influence")
+    import_extra("serve-influence", "serve")
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -360,10 +360,9 @@ def resolve_devices(names, cfg) -> list[str]:
 def serve(cfg, run_dir, sa) -> None:
     """``rubric-rl serve-influence``: build one scorer per device (``InfluenceScorer.from_config``: the warm-up,
     the checkpoints and the validation gradients, once), then serve them until interrupted."""
-    from ..teachers.server import _import_serve_deps
+    from ..errors import UserError, import_extra
 
-    _, uvicorn = _import_serve_deps("serve-influence")
-    from ..errors import UserError
+    _, uvicorn = import_extra("serve-influence", "serve")
     from ..progress import phase
     from .client import fingerprint as settings_fingerprint
     from .client import settings as comparable_settings

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..configs.influence import InfluenceConfig
 from ..errors import UserError
+from ..jsonl import replace_atomic, write_text_atomic
 from ..provenance import file_sha256
 
 logger = logging.getLogger("rubric_rl.influence.scorer")
@@ -126,16 +127,8 @@ def clear_shard(output: str | Path, num_shards: int, shard_index: int) -> None:
     data.unlink(missing_ok=True)
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
 def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    _replace_atomically(tmp, path)
+    write_text_atomic(path, text, tmp_suffix=f".tmp{os.getpid()}")  # shards race on OUT's files: one name each
 
 
 @contextmanager
@@ -161,7 +154,7 @@ def finish_shard(output: str | Path, num_shards: int, shard_index: int, tmp_line
     record's path. ``record`` holds the key, the range, the counts, ``values`` and ``top``."""
     data, record_path = shard_paths(output, num_shards, shard_index)
     size = tmp_lines.stat().st_size
-    _replace_atomically(tmp_lines, data)
+    replace_atomic(tmp_lines, data)
     full = {"format": SHARD_FORMAT, "kind": _KIND, "shard_index": shard_index, "num_shards": num_shards,
             "bytes": size, **record}
     _write_text_atomically(record_path, json.dumps(full))

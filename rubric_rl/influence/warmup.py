@@ -41,6 +41,7 @@ from transformers import TrainerCallback
 
 from ..data.chat import IGNORE_INDEX, tokenize_chat
 from ..data.documents import load_chat_samples
+from ..jsonl import write_json_atomic
 from ..configs.influence import InfluenceConfig
 from ..provenance import file_sha256
 
@@ -341,9 +342,7 @@ def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
         "checkpoints": checkpoints,
         "global_step": trainer.state.global_step,
     }
-    tmp = wdir / (ARGS_FILENAME + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.rename(wdir / ARGS_FILENAME)
+    write_json_atomic(wdir / ARGS_FILENAME, record, indent=2, ensure_ascii=True)
 
 
 @contextmanager

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..configs.closed_loop import RANDOM, REPORT_FORMAT, STATIC
 from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS
-from ..evaluate.report import _fmt, _pm
-from ..evaluate.stats import _stats
+from ..evaluate.report import format_number, format_mean_std
+from ..evaluate.stats import summary_stats
 
 METRICS = PRIMARY_METRICS + ("validation_loss",)
 
@@ -24,12 +24,12 @@ def build_report(loop_cfg, eval_cfg, runs: list[dict], baseline: dict, *, target
                                "queries": m["spent_queries"], **{k: m["heldout"].get(k) for k in METRICS}}
                               for m in r["rounds"]] for r in rs}
         n_rounds = len(rs[0]["rounds"]) if rs else 0
-        mean_curve = [{"spent": _stats([curves[s][t]["spent"] for s in curves])["mean"],
-                       **{k: _stats([curves[s][t][k] for s in curves]) for k in METRICS}} for t in range(n_rounds)]
+        mean_curve = [{"spent": summary_stats([curves[s][t]["spent"] for s in curves])["mean"],
+                       **{k: summary_stats([curves[s][t][k] for s in curves]) for k in METRICS}} for t in range(n_rounds)]
         rules[rule] = {
             "rounds": loop_cfg.rounds_of(rule),
-            "final": {k: _stats([r["final"].get(k) for r in rs]) for k in METRICS},
-            "accepted": _stats([r["accepted"] for r in rs]), "queries": _stats([r["queries"] for r in rs]),
+            "final": {k: summary_stats([r["final"].get(k) for r in rs]) for k in METRICS},
+            "accepted": summary_stats([r["accepted"] for r in rs]), "queries": summary_stats([r["queries"] for r in rs]),
             "seeds": {str(r["seed"]): {"final": {k: r["final"].get(k) for k in METRICS}, "accepted": r["accepted"],
                                        "queries": r["queries"], "dataset": r["dataset_path"]} for r in rs},
             "curve": curves, "mean_curve": mean_curve,
@@ -43,7 +43,7 @@ def build_report(loop_cfg, eval_cfg, runs: list[dict], baseline: dict, *, target
             diffs = [(by[b, s] - by[a, s]) if lower else (by[a, s] - by[b, s]) for s in eval_cfg.eval_seeds
                      if by.get((a, s)) is not None and by.get((b, s)) is not None]
             paired[f"{a}>{b}"] = {"wins": sum(d > 0 for d in diffs), "seeds": len(diffs),
-                                  "mean_advantage": _stats(diffs)["mean"], "advantages": diffs}
+                                  "mean_advantage": summary_stats(diffs)["mean"], "advantages": diffs}
     return {"format": REPORT_FORMAT, "primary_metric": primary, "target": target, "budget": loop_cfg.loop_budget,
             "budget_unit": unit, "rounds": loop_cfg.loop_rounds, "strategy": loop_cfg.loop_strategy,
             "rubric_source": loop_cfg.loop_rubric_source, "seed_data": loop_cfg.loop_seed_data,
@@ -58,12 +58,12 @@ def format_table(report: dict) -> str:
             + " | acc | validation loss | samples | queries |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for rule, r in report["rules"].items():
-        per = " | ".join(_fmt(r["seeds"].get(str(s), {}).get("final", {}).get(p)) for s in seeds)
-        lines.append(f"| {rule} | {r['rounds']} | {_pm(r['final'][p], 4)} | {per} | {_pm(r['final']['acc'], 4)} | "
-                     f"{_pm(r['final']['validation_loss'], 4)} | {_fmt(r['accepted']['mean'])} | "
-                     f"{_fmt(r['queries']['mean'])} |")
-    lines.append(f"| (untrained target) | | {_fmt(report['baseline'].get(p))} | " + " | ".join("" for _ in seeds)
-                 + f" | {_fmt(report['baseline'].get('acc'))} | {_fmt(report['baseline'].get('validation_loss'))} "
+        per = " | ".join(format_number(r["seeds"].get(str(s), {}).get("final", {}).get(p)) for s in seeds)
+        lines.append(f"| {rule} | {r['rounds']} | {format_mean_std(r['final'][p], 4)} | {per} | {format_mean_std(r['final']['acc'], 4)} | "
+                     f"{format_mean_std(r['final']['validation_loss'], 4)} | {format_number(r['accepted']['mean'])} | "
+                     f"{format_number(r['queries']['mean'])} |")
+    lines.append(f"| (untrained target) | | {format_number(report['baseline'].get(p))} | " + " | ".join("" for _ in seeds)
+                 + f" | {format_number(report['baseline'].get('acc'))} | {format_number(report['baseline'].get('validation_loss'))} "
                    "| 0 | 0 |")
     return "\n".join(lines)
 
@@ -76,7 +76,7 @@ def format_paired(report: dict) -> str:
     for k, v in report["paired"].items():
         adv = ", ".join(f"{d:+.4f}" for d in v["advantages"])
         out.append(f"- {k.replace('>', ' vs ')}: better in {v['wins']}/{v['seeds']} seeds, mean advantage "
-                   f"{_fmt(v['mean_advantage'])} ({adv})")
+                   f"{format_number(v['mean_advantage'])} ({adv})")
     return "\n".join(out)
 
 

@@ -39,7 +39,7 @@ from ..configs.closed_loop import RULE_MARKER, STATIC, ClosedLoopConfig
 from ..configs.evaluate import EvalConfig
 from ..configs.synth import NEEDS_DOCUMENT
 from ..errors import UserError
-from ..jsonl import read_jsonl, write_jsonl
+from ..jsonl import read_jsonl, write_json_atomic, write_jsonl
 from ..rundir import FREE_FIELDS
 from ..synth.pipeline import ItemPlanner, MemorySink, RubricSource, RubricStream, document_order, run_items
 
@@ -123,6 +123,11 @@ def _save_student(model, path: Path) -> None:
     tmp.replace(path)
 
 
+def _write_json(path: Path, obj) -> None:
+    """The loop's JSON files (indent 1, ASCII, a final newline), written atomically."""
+    write_json_atomic(path, obj, end="\n", ensure_ascii=True, default=str)
+
+
 def _load_student(model, path: Path):
     from safetensors.torch import load_file
 
@@ -134,12 +139,6 @@ def _load_student(model, path: Path):
         raise UserError(f"{path}: does not fit the student (missing {missing[:3]}, unexpected "
                         f"{list(res.unexpected_keys)[:3]}); the target settings changed? pass --loop_overwrite true")
     return model
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -165,9 +164,9 @@ class _World:
         self.target = eval_cfg.eval_target_model_name_or_path or influence_cfg.target_model_name_or_path
         self.trust = bool(getattr(influence_cfg, "target_trust_remote_code", False))
         self.tokenizer = load_tokenizer(self.target, trust_remote_code=self.trust, padding_side="right")
-        from ..evaluate.finetuning import _device
+        from ..devices import resolve_device
 
-        self.device = _device(eval_cfg.eval_device)
+        self.device = resolve_device(eval_cfg.eval_device)
         if teacher is None:
             from ..teachers.factory import build_teacher
 

@@ -86,7 +86,7 @@ def own_answers(model, tokenizer, seeds: list[dict], *, max_new_tokens: int, bat
 def badge_kernel(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list[list[int]], *,
                  batch_size: int = 16) -> torch.Tensor:
     """``[N, N]`` inner products of the seeds' BADGE gradient embeddings (module docstring), float64."""
-    from ..mcscore import _pad_batch
+    from ..mcscore import pad_batch
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
@@ -100,7 +100,7 @@ def badge_kernel(model, tokenizer, prompt_ids: list[list[int]], answer_ids: list
             idx = [i for i in range(start, min(start + batch_size, len(prompt_ids))) if answer_ids[i]]
             if not idx:
                 continue
-            ids, mask = _pad_batch([prompt_ids[i] + answer_ids[i] for i in idx], tokenizer.pad_token_id or 0, device)
+            ids, mask = pad_batch([prompt_ids[i] + answer_ids[i] for i in idx], tokenizer.pad_token_id or 0, device)
             logits = model(input_ids=ids, attention_mask=mask).logits
             for row, i in enumerate(idx):
                 p0, n = len(prompt_ids[i]), len(answer_ids[i])

@@ -51,11 +51,11 @@ from pathlib import Path
 
 from ..data.documents import load_chat_samples, load_documents
 from ..errors import UserError
-from ..jsonl import JsonlAppender, parse_lines
+from ..jsonl import JsonlAppender, parse_lines, write_json_atomic
 from ..configs.synth import SynthConfig
 from ..configs.teacher import TeacherConfig
 from . import hub
-from .dataset import save_hf_dataset, write_json_atomic
+from .dataset import save_hf_dataset
 from .dedup import NearDuplicateFilter
 from .engine import SampleSynthesizer, SynthItem
 from .pipeline import Cursor, ItemPlanner, RubricSource, RubricStream, run_items

@@ -1,4 +1,4 @@
-"""Writing synthetic datasets: an atomic JSON state file and an HF ``datasets`` copy of a samples jsonl.
+"""Writing synthetic datasets: an HF ``datasets`` copy of a samples jsonl.
 
 Every line of a samples file is one sample: ``{"messages": [...], "doc_id": ..., "provenance": {...}}``,
 written by :class:`rubric_rl.jsonl.JsonlAppender` (append-only, fsync'd checkpoints, truncated back to the
@@ -8,20 +8,9 @@ last checkpoint on resume, so a crash between two checkpoints neither duplicates
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..jsonl import iter_jsonl
-
-
-def write_json_atomic(path: str | Path, obj) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_hf_dataset(jsonl_path: str | Path, out_dir: str | Path):

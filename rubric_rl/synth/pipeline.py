@@ -132,7 +132,7 @@ class RubricStream:
 
     def _epoch(self, epoch: int) -> list[Rubric | None]:
         if epoch not in self.epochs:
-            import torch
+            from ..devices import fork_rng
 
             if self.generator is None:
                 from ..generator import RubricGenerator  # heavy, only for this source
@@ -143,7 +143,7 @@ class RubricStream:
             seed = self.seed * 10_007 + epoch
             kwargs = {} if self.batch_size is None else {"batch_size": self.batch_size}
             # the generator seeds torch's global RNG: keep that from leaking into what runs next (fine-tuning)
-            with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            with fork_rng():
                 rubrics = list(self.generator.generate(texts, seed=seed, **kwargs))
             if len(rubrics) != len(texts):
                 raise RuntimeError(f"rubric generator returned {len(rubrics)} rubrics for {len(texts)} documents")

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..devices import resolve_device
 from ..models import load_model_and_tokenizer
 from .base import TeacherRequest, TeacherResult
 
@@ -21,8 +22,7 @@ class TransformersTeacher:
         if model is None or tokenizer is None:
             model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype=dtype,
                                                         trust_remote_code=trust_remote_code, padding_side="left")
-        self.device = torch.device(device) if device is not None else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"

@@ -35,17 +35,11 @@ from .base import TeacherRequest, TeacherResult
 logger = logging.getLogger(__name__)
 
 
-def _import_serve_deps(what: str = "serve-teacher"):
-    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them
-    (``what``: the command that needs them)."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        from ..errors import missing_extra
+def _import_serve_deps():
+    """fastapi and uvicorn, or a :class:`~rubric_rl.errors.MissingExtra` (exit 2) saying how to install them."""
+    from ..errors import import_extra
 
-        raise missing_extra(what, "serve", err) from err
-    return fastapi, uvicorn
+    return import_extra("serve-teacher", "serve")
 
 
 def _accepts_overrides(teacher) -> bool:
@@ -353,37 +347,9 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, *, served_model
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-def main(argv=None):
-    """``python -m rubric_rl.teachers.server --model M`` (the same as ``rubric-rl serve-teacher``)."""
-    import argparse
+if __name__ == "__main__":  # ``python -m rubric_rl.teachers.server ARGS`` is ``rubric-rl serve-teacher ARGS``
+    import sys
 
-    ap = argparse.ArgumentParser(prog="rubric-rl serve-teacher", description=serve.__doc__)
-    ap.add_argument("--model", required=True,
-                    help="HF hub id or local path served with the transformers backend, a 'tiny:...' spec, or "
-                         "'template' for the offline template teacher.")
-    ap.add_argument("--host", default="127.0.0.1", help="Address to listen on (loopback by default).")
-    ap.add_argument("--port", type=int, default=8000, help="Port to listen on.")
-    ap.add_argument("--served_model_name", default=None,
-                    help="Model name reported by /v1/models and accepted in requests (default: --model).")
-    ap.add_argument("--documents", default=None,
-                    help="Documents file feeding the template teacher's distractor pool (template only).")
-    ap.add_argument("--dtype", default="auto", help="Weights dtype: auto, bfloat16, float16, float32.")
-    ap.add_argument("--device", default=None, help="Device, e.g. cuda:0 or cpu (default: cuda if available).")
-    ap.add_argument("--max_new_tokens", type=int, default=512,
-                    help="Default max tokens per completion (a request's max_tokens overrides it).")
-    ap.add_argument("--temperature", type=float, default=0.7,
-                    help="Default sampling temperature (a request's temperature overrides it).")
-    ap.add_argument("--top_p", type=float, default=0.95, help="Default nucleus top-p (requests override it).")
-    ap.add_argument("--batch_size", type=int, default=16,
-                    help="Most concurrent requests generated together in one batch.")
-    ap.add_argument("--batch_wait_ms", type=float, default=20.0,
-                    help="How long a batch waits for more concurrent requests before it runs (ms).")
-    ap.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code from the hub (off).")
-    ap.add_argument("--api_key_env", default=None,
-                    help="Name of an environment variable whose value clients must send as a Bearer token.")
-    ap.add_argument("--log_level", default="info", help="uvicorn log level.")
-    serve(**vars(ap.parse_args(argv)))
+    from rubric_rl.cli import main
 
-
-if __name__ == "__main__":
-    main()
+    main(["serve-teacher", *sys.argv[1:]])
