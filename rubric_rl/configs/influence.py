@@ -129,8 +129,8 @@ class InfluenceConfig:
                           "momentum every sample shares. On by default: uncentred, the momentum's share differs "
                           "between subtasks and decides the max over subtasks for every sample alike, which hides "
                           "the sample's own subtask; on SmolLM2-135M with the default objective centring raised "
-                          "the mislabelled-pair AUC 0.64 -> 0.80 and the calibration r 0.80 -> 0.92 "
-                          "(notes/content_signal.md). The first-order check compares it with the real step's "
+                          "the mislabelled-pair AUC 0.64 -> 0.80 and the calibration r 0.80 -> 0.92 on one machine; on "
+                          "another, with its own warm-up, 0.79 -> 0.75 (notes/content_signal.md). The first-order check compares it with the real step's "
                           "decrease beyond the momentum-only step's. For 'dot' without a max (one subtask) it "
                           "shifts every score by one constant."},
     )
