@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs/reproduce", help="Run folders: RUNS/CONDITION/seedS.")
     ap.add_argument("--output", default="reports/quickstart", help="Where report.json and report.md go.")
     ap.add_argument("--report_only", action="store_true", help="Run nothing; rebuild the report from the run folders.")
+    ap.add_argument("--condition_seeds", nargs="+", default=[], metavar="CONDITION=S,S,...",
+                    help="Training seeds of one condition instead of --seeds (e.g. perturb=0,1,2: a condition that "
+                         "ran fewer seeds).")
     a = ap.parse_args(argv)
     if a.jobs < 1:
         ap.error("--jobs must be >= 1")
@@ -191,12 +194,24 @@ def main(argv: list[str] | None = None) -> int:
 
     made_by = provenance()
     jobs, plan = [], {}
+    seeds_of = {}
+    for spec in a.condition_seeds:
+        name, _, seeds = spec.partition("=")
+        if name not in a.conditions or not seeds:
+            print(f"reproduce_quickstart: error: --condition_seeds {spec!r}: expected CONDITION=S,S,... with CONDITION "
+                  f"one of --conditions {a.conditions}", file=sys.stderr)
+            return 2
+        try:
+            seeds_of[name] = [int(x) for x in seeds.split(",")]
+        except ValueError:
+            print(f"reproduce_quickstart: error: --condition_seeds {spec!r}: seeds must be integers", file=sys.stderr)
+            return 2
     try:
         for name in a.conditions:
             expect = expectations(name, fields)
             plan[name] = {"runs": {}, "flags": CONDITIONS[name]["flags"], "expect": expect,
                           "description": CONDITIONS[name]["description"]}
-            for seed in a.seeds:
+            for seed in seeds_of.get(name, a.seeds):
                 run_dir = runs_root / name / f"seed{seed}"
                 plan[name]["runs"][seed] = _rel(run_dir)
                 if a.report_only:

@@ -309,3 +309,19 @@ def test_train_prints_the_closing_line_after_its_evaluation(tmp_path, monkeypatc
     monkeypatch.setattr(dist, "REPORT", tmp_path / "absent.json")  # no committed report: not a word
     main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(out)])
     assert "committed distribution" not in capsys.readouterr().out
+
+
+def test_a_condition_can_run_fewer_seeds(tmp_path, monkeypatch, capsys):
+    mod = load_script()
+    calls = []
+    monkeypatch.setattr(mod, "run_subprocess", _fake_train(calls))
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    argv = ["--seeds", "0", "1", "2", "--conditions", "default", "perturb", "--condition_seeds", "perturb=1",
+            "--runs", str(runs), "--output", str(out)]
+    assert mod.main(argv) == 0
+    assert len(calls) == 4  # three default seeds, one perturbed
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["conditions"]["default"]["runs"]) == 3 and len(report["conditions"]["perturb"]["runs"]) == 1
+    for bad in (["--condition_seeds", "threads2=0"], ["--condition_seeds", "perturb=x"], ["--condition_seeds", "perturb"]):
+        assert mod.main(argv[:6] + bad + argv[8:]) == 2
+        assert "--condition_seeds" in capsys.readouterr().err
