@@ -104,7 +104,9 @@ def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
           "--influence_proj_dim", "512"])
     assert [argv for argv, _ in calls] == [
         ["--config", "configs/evaluate_quickstart.yaml", "--sources", f"trained={tmp_path / 'export'}",
-         "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval")]]
+         "seed=data/quickstart/seed_rubrics.json", "none=none", "--output", str(tmp_path / "eval"),
+         # the datasets' influence from the run's own warm-up, not a second one in eval/influence
+         "--eval_influence_run_dir", str(tmp_path)]]
     # the evaluation gets the run's own teacher and influence settings, flags included
     assert calls[0][1]["influence_cfg"].influence_proj_dim == 512
     assert calls[0][1]["teacher_cfg"].teacher_backend == "template"
@@ -115,6 +117,12 @@ def test_train_chains_the_downstream_evaluation(tmp_path, monkeypatch, capsys):
                              if not line.startswith("evaluate_")))
     main(["train", "--config", str(cfg), "--output_dir", str(tmp_path)])
     assert len(calls) == 1
+    # an evaluation config that names its own influence folder keeps it
+    ev = tmp_path / "eval_own.yaml"
+    ev.write_text((ROOT / "configs" / "evaluate_quickstart.yaml").read_text() + "\neval_influence_run_dir: elsewhere\n")
+    main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--output_dir", str(tmp_path),
+          "--evaluate_config", str(ev)])
+    assert "--eval_influence_run_dir" not in calls[-1][0]
 
 
 def test_the_runs_settings_win_over_the_evaluation_file_with_a_warning(caplog):

@@ -41,10 +41,17 @@ def evaluate_the_export(rl_args, summary: dict, teacher_cfg, influence_cfg) -> N
 
     others = ", ".join(parse_sources(rl_args.evaluate_sources or [])) or "nothing"
     print(f"\nDownstream evaluation ({rl_args.evaluate_config}): trained generator vs {others}", flush=True)
+    from ..config import read_config_file
+
     eval_dir = Path(summary["output_dir"]) / "eval"
+    # The influence of the evaluated datasets comes from this run's own warm-up and validation gradients (the
+    # same settings: the evaluation uses the run's), not from a second warm-up in eval/influence; an
+    # eval_influence_run_dir the evaluation's config names wins.
+    reuse = [] if "eval_influence_run_dir" in read_config_file(rl_args.evaluate_config)[0] else [
+        "--eval_influence_run_dir", str(summary["output_dir"])]
     report = evaluate_command.from_argv(["--config", rl_args.evaluate_config,
                                          "--sources", f"trained={summary['export_dir']}",
-                                         *(rl_args.evaluate_sources or []), "--output", str(eval_dir)],
+                                         *(rl_args.evaluate_sources or []), "--output", str(eval_dir), *reuse],
                                         teacher_cfg=teacher_cfg, influence_cfg=influence_cfg)
     if report is not None:  # with report_to wandb: the report in the run (no-ops without a W&B run)
         log_evaluation(report, eval_dir, summary.get("global_step"))

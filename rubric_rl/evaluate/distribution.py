@@ -39,7 +39,8 @@ SUMMARY_FILE = "run_summary.json"
 EVAL_REPORT = Path("eval") / "report.json"
 BASELINES = ("seed", "none")  # what the trained generator is compared with, in the quickstart's evaluation
 VARYING = frozenset({"seed"})  # differs between a condition's runs by design
-FREE_EVAL_FIELDS = frozenset({"eval_progress", "eval_device", "eval_torch_num_threads", "eval_save_datasets"})
+FREE_EVAL_FIELDS = frozenset({"eval_progress", "eval_device", "eval_torch_num_threads", "eval_save_datasets",
+                              "eval_influence_run_dir"})  # where, not what: a warm-up refuses other settings
 
 
 class DistributionError(UserError):

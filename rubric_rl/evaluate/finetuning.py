@@ -1,4 +1,14 @@
-"""Fine-tuning a fresh target on one dataset: a plain AdamW loop (full or LoRA)."""
+"""Fine-tuning a fresh target on one dataset: a plain AdamW loop (full or LoRA).
+
+Why not TRL's ``SFTTrainer`` (what users fine-tune their target with): the loss is the same one, the token-mean
+cross-entropy over the assistant tokens of a padded batch (``SFTConfig(assistant_only_loss=True)``), but this
+loop is the measuring instrument of ``evaluate``, ``calibrate`` and the closed loop, which fine-tune one fresh
+student per (source, seed) dataset, dozens per run. It must give the same student for the same dataset wherever
+it runs: its batch order comes from ``random.Random(f"finetune:{seed}")`` and its initialisation from a forked
+torch RNG, so nothing a previous dataset did (a dataloader worker, a Trainer's global seeding, an accelerate
+state) reaches the next, and no Trainer/Accelerator is set up per dataset. Its result is a comparison between rubric sources at
+equal budgets, not a recipe: fine-tune the final target on the synthesized dataset with ``SFTTrainer``.
+"""
 
 from __future__ import annotations
 
