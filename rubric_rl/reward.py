@@ -34,25 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .jsonl import append_jsonl, iter_log_rows
+from .outcome import RUBRIC, Reason, Status, influence_cause, parse_reason
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
 from .synth.grounding import supporting_sentence
 from .synth.verifiers import Candidate
-from .teachers.base import is_teacher_side_failure
 
 logger = logging.getLogger(__name__)
 
-TEACHER_PREFIX = "teacher_"  # SampleSynthesizer's reason for a teacher failure: "teacher_<error code>"
-
-
 def not_the_rubrics_fault(reason: str | None) -> bool:
-    """Unscorable (None), not invalid: a teacher-side failure (``teachers.base.is_teacher_side_failure``)
-    or an influence failure."""
-    if reason is None:
-        return False
-    if reason.startswith(TEACHER_PREFIX):
-        return is_teacher_side_failure(reason[len(TEACHER_PREFIX):])
-    return reason.startswith("influence_")
+    """Whether a logged outcome string (``rollouts.jsonl``'s ``outcome``) is unscorable (None), not invalid: a
+    teacher-side failure or an influence failure (``outcome.CLASSIFICATION`` decides)."""
+    return reason is not None and parse_reason(reason).status is Status.UNSCORABLE
 
 
 def completion_text(completion) -> str:
@@ -239,9 +232,9 @@ class InfluenceReward:
         for r in rollouts:
             r.rubric, err = try_parse_rubric(r.text, self.rubric_format)
             if err:
-                r.reason = f"rubric_{err}"
+                r.cause = Reason(RUBRIC, err)
 
-        todo = [(i, r) for i, r in enumerate(rollouts) if r.reason is None]
+        todo = [(i, r) for i, r in enumerate(rollouts) if r.cause is None]
         t_parse = time.perf_counter()
         outcomes = self.synthesizer.synthesize(
             [SynthItem(document=r.document, rubric=r.rubric, doc_id=str(r.doc_id), seed=(step or 0) * n + i)
@@ -252,23 +245,22 @@ class InfluenceReward:
             if out.valid:
                 r.sample = out.messages
             else:
-                r.reason = out.reason
+                r.cause = out.cause
         t_synth = time.perf_counter()
 
         scored = [r for r in rollouts if r.sample is not None]
         if scored:
             for r, res in zip(scored, self.scorer.score([r.sample for r in scored]), strict=True):
-                r.influence = res.value
-                if res.value is None or not math.isfinite(res.value):
-                    r.influence = None
-                    r.reason = f"influence_{res.reason or 'nonfinite'}"
+                r.cause = influence_cause(res.value, res.reason)
+                r.influence = res.value if r.cause is None else None
 
         t_influence = time.perf_counter()
-        rewards = shape_rewards([r.influence for r in rollouts], [r.valid for r in rollouts],
+        # -lambda for the invalid; an unscorable rollout has no influence, so shape_rewards gives it None directly
+        rewards = shape_rewards([r.influence for r in rollouts], [r.status is not Status.INVALID for r in rollouts],
                                 invalid_penalty=self.invalid_penalty, scaling=self.scaling, scale=self.scale,
                                 scaler=self.scaler)
         for r, reward in zip(rollouts, rewards, strict=True):
-            r.reward = None if r.unscorable else reward
+            r.reward = reward
         # Novelty among the samples that got a reward from their influence (valid, finite): which passage
         # of the document each one is about, compared within its GRPO group (same document and prompt).
         for r in rollouts:
@@ -331,7 +323,7 @@ class Rollout:
     doc_id: str
     group: str  # the prompt: with doc_id, the GRPO group
     rubric: object = None
-    reason: str | None = None  # None while nothing has gone wrong; "rubric_*", a verifier's code, "influence_*"...
+    cause: Reason | None = None  # None while nothing has gone wrong: the rubric's, teacher's, ..., influence's reason
     teacher_text: str | None = None
     sample: list[dict] | None = None
     influence: float | None = None
@@ -340,13 +332,25 @@ class Rollout:
     reward: float | None = None
 
     @property
+    def status(self) -> Status:
+        """``valid`` (a sample with a finite influence), ``invalid`` (the rubric's fault: -lambda) or ``unscorable``
+        (not the rubric's fault: teacher infrastructure, influence; reward None)."""
+        if self.cause is not None:
+            return self.cause.status
+        return Status.VALID if self.sample is not None else Status.INVALID
+
+    @property
+    def reason(self) -> str | None:
+        """The logged form of ``cause`` (``rollouts.jsonl``'s ``outcome``; None: valid)."""
+        return None if self.cause is None else str(self.cause)
+
+    @property
     def unscorable(self) -> bool:
-        """Not the rubric's fault (teacher infrastructure, influence): reward None."""
-        return not_the_rubrics_fault(self.reason)
+        return self.status is Status.UNSCORABLE
 
     @property
     def valid(self) -> bool:
-        return self.sample is not None and not self.unscorable
+        return self.status is Status.VALID
 
     def table_row(self) -> dict:
         """This rollout's columns in TRL's completions table (``log_completions``; W&B): the raw influence, whether

@@ -36,6 +36,7 @@ from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_
 from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
 from ..devices import resolve_device
+from ..outcome import Reason, Status, influence_cause
 from ..progress import sample_bar as _tqdm
 from ..provenance import file_sha256
 from .choices import choice_chats, choice_gradient
@@ -56,9 +57,20 @@ NONFINITE_GRADIENT = "nonfinite_gradient"
 
 @dataclass
 class InfluenceResult:
+    """One sample's influence, or (``value`` None) the influence stage's code of why there is none: ``reason``, the
+    code as the service's JSON and ``score``'s rows carry it; ``cause``, the typed reason (``outcome.Reason``)."""
+
     value: float | None
     reason: str | None = None
     truncated: bool = False
+
+    @property
+    def cause(self) -> Reason | None:
+        return influence_cause(self.value, self.reason)
+
+    @property
+    def status(self) -> Status:
+        return Status.VALID if self.cause is None else self.cause.status
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
