@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .configs.train import RubricRLArguments as TrainArgs  # the one place of each reward_* default
 from .jsonl import append_jsonl, iter_log_rows
 from .outcome import RUBRIC, Reason, Status, influence_cause, parse_reason
 from .rubric import try_parse_rubric
@@ -68,7 +69,7 @@ class RunningScaler:
     near-identical scores does not turn noise into a full-range reward.
     """
 
-    def __init__(self, window: int = 256, min_rel: float = 0.0):
+    def __init__(self, window: int = TrainArgs.reward_if_window, min_rel: float = TrainArgs.reward_if_min_rel):
         from collections import deque
 
         self.values: deque[float] = deque(maxlen=window)
@@ -87,7 +88,7 @@ class RunningScaler:
 
 
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
-                  scaling: str = "running", scale: float = 1.0,
+                  scaling: str = TrainArgs.reward_if_scaling, scale: float = TrainArgs.reward_if_scale,
                   scaler: RunningScaler | None = None) -> list[float | None]:
     """Reward shaping, separated from models so that it can be tested exactly.
 
@@ -172,11 +173,13 @@ class InfluenceReward:
     # TRL names its reward column (the completions table) and rewards/<name>/* metrics after this: the shaped reward
     __name__ = "reward"
 
-    def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
-                 scaling: str = "running", scale: float = 1.0, novelty_weight: float = 0.0,
-                 novelty_center: bool = True,
-                 log_path: str | Path | None = None, if_window: int = 256, if_min_rel: float = 0.0,
-                 rubric_format: str = "json"):
+    def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *,
+                 invalid_penalty: float = TrainArgs.reward_invalid_penalty,
+                 scaling: str = TrainArgs.reward_if_scaling, scale: float = TrainArgs.reward_if_scale,
+                 novelty_weight: float = TrainArgs.reward_novelty_weight,
+                 novelty_center: bool = TrainArgs.reward_novelty_center,
+                 log_path: str | Path | None = None, if_window: int = TrainArgs.reward_if_window,
+                 if_min_rel: float = TrainArgs.reward_if_min_rel, rubric_format: str = TrainArgs.rubric_format):
         self.synthesizer = synthesizer
         self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device
         self._scorer = None

@@ -27,6 +27,7 @@ from ..data.chat import ChatFormatError, validate_messages
 from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
 from ..configs.influence import InfluenceConfig
+from ..configs.run import ScoreArguments
 from . import shards
 from ..progress import sample_bar
 from .scorer import BAD_FORMAT, InfluenceScorer
@@ -37,7 +38,8 @@ logger = logging.getLogger("rubric_rl.influence.scorer")
 
 def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Path, output_path: str | Path,
                select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None,
+               chunk_size: int = ScoreArguments.chunk_size, progress: bool = True,
+               scorer: InfluenceScorer | None = None,
                num_shards: int = 1, shard_index: int = 0, device: str | None = None) -> dict:
     """Score every line of a chat jsonl file (``rubric-rl score``).
 
@@ -196,7 +198,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
 
 def merge_file(cfg: InfluenceConfig, samples_path: str | Path, output_path: str | Path, num_shards: int,
                select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512) -> dict:
+               chunk_size: int = ScoreArguments.chunk_size) -> dict:
     """``rubric-rl score --merge``: merge the finished shards of ``num_shards`` into ``output_path`` (and the
     top-K file); a missing, stale or partial shard is an error naming it. Returns the summary."""
     samples_path, output_path = Path(samples_path), Path(output_path)

@@ -44,6 +44,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..configs.run import ServeInfluenceArguments as ServeArgs  # the one place of each serve_* default
 from .client import SERVICE
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
 class ScoringPool:
     """The bounded queue and one worker per scorer (device), with micro-batching (module docstring)."""
 
-    def __init__(self, scorers, *, devices=None, max_batch_samples: int = 64, batch_wait_ms: float = 10.0,
-                 max_queue_samples: int = 4096):
+    def __init__(self, scorers, *, devices=None, max_batch_samples: int = ServeArgs.serve_max_batch_samples,
+                 batch_wait_ms: float = ServeArgs.serve_batch_wait_ms,
+                 max_queue_samples: int = ServeArgs.serve_max_queue_samples):
         self.scorers = list(scorers)
         if not self.scorers:
             raise ValueError("ScoringPool needs at least one scorer")
@@ -247,8 +249,9 @@ def _json_result(r) -> dict:
 
 
 def create_app(scorers, *, devices=None, fingerprint: str | None = None, settings: dict | None = None,
-               run_dir=None, api_key: str | None = None, max_batch_samples: int = 64, batch_wait_ms: float = 10.0,
-               max_queue_samples: int = 4096):
+               run_dir=None, api_key: str | None = None, max_batch_samples: int = ServeArgs.serve_max_batch_samples,
+               batch_wait_ms: float = ServeArgs.serve_batch_wait_ms,
+               max_queue_samples: int = ServeArgs.serve_max_queue_samples):
     """A FastAPI app serving ``scorers`` (one scorer or a list: one worker each) as the influence API.
 
     ``fingerprint`` and ``settings`` (:func:`.client.fingerprint`, :func:`.client.settings`) are what ``/health``

@@ -100,6 +100,8 @@ class SampleSynthesizer:
     ``queries_spent``, ``infrastructure_failures`` and ``counts`` (accepted / reason -> n) accumulate over calls.
     """
 
+    # max_document_chars 0 (never cut), not teacher_max_document_chars: a bare synthesizer (tests, scripts) sends
+    # what it is given; every command passes the teacher setting.
     def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None,
                  max_document_chars: int = 0):
         self.teacher = teacher

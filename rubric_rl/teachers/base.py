@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
 from ..outcome import TEACHER, Reason
 from ..rubric import Rubric
 
@@ -86,7 +87,8 @@ class CircuitBreaker:
     last_error)`` (the influence service's client: ``errors.InfluenceUnavailable``).
     """
 
-    def __init__(self, endpoint: str, window: int = 32, max_failure_rate: float = 0.5, *,
+    def __init__(self, endpoint: str, window: int = T.teacher_breaker_window,
+                 max_failure_rate: float = T.teacher_breaker_max_failure_rate, *,
                  unavailable: type = TeacherUnavailable):
         if window < 0:
             raise ValueError(f"circuit breaker window must be >= 0, got {window!r}")

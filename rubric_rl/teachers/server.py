@@ -30,9 +30,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..configs.teacher import TeacherConfig as T  # the sampling and batching defaults: the teacher_* ones
 from .base import TeacherRequest, TeacherResult
 
 logger = logging.getLogger(__name__)
+
+# serve-teacher's own defaults (it has no settings dataclass: an argparse command, no --config), written once here;
+# commands/serve_teacher.py's parser reads them.
+HOST, PORT, BATCH_WAIT_MS, LOG_LEVEL = "127.0.0.1", 8000, 20.0, "info"
 
 
 def _import_serve_deps():
@@ -61,7 +66,7 @@ class _Job:
 class MicroBatcher:
     """Collects concurrent requests into batches for one (thread-unsafe) teacher."""
 
-    def __init__(self, teacher, *, batch_size: int = 16, batch_wait_ms: float = 20.0):
+    def __init__(self, teacher, *, batch_size: int = T.teacher_batch_size, batch_wait_ms: float = BATCH_WAIT_MS):
         self.teacher = teacher
         self.batch_size = max(1, int(batch_size))
         self.batch_wait_s = max(0.0, batch_wait_ms / 1000)
@@ -148,9 +153,10 @@ def _text_content(content) -> str:
     raise ValueError("message content must be a string or a list of text parts")
 
 
-def create_app(teacher, *, model_name: str | None = None, api_key: str | None = None, batch_size: int = 16,
-               batch_wait_ms: float = 20.0, max_new_tokens: int = 512, temperature: float = 0.7,
-               top_p: float = 0.95):
+def create_app(teacher, *, model_name: str | None = None, api_key: str | None = None,
+               batch_size: int = T.teacher_batch_size, batch_wait_ms: float = BATCH_WAIT_MS,
+               max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+               top_p: float = T.teacher_top_p):
     """A FastAPI app serving ``teacher`` as an OpenAI-compatible chat endpoint.
 
     ``max_new_tokens`` / ``temperature`` / ``top_p`` are the defaults for requests that do not set
@@ -296,9 +302,10 @@ class BackgroundServer:
         self.stop()
 
 
-def build_local_teacher(model: str, *, documents: str | None = None, dtype: str = "auto", device=None,
-                        max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
-                        batch_size: int = 16, trust_remote_code: bool = False):
+def build_local_teacher(model: str, *, documents: str | None = None, dtype: str = T.teacher_dtype, device=None,
+                        max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+                        top_p: float = T.teacher_top_p, batch_size: int = T.teacher_batch_size,
+                        trust_remote_code: bool = T.teacher_trust_remote_code):
     """The teacher ``serve`` puts behind the endpoint: ``model="template"`` serves the offline template
     teacher (``documents``: a documents jsonl for its distractor pool); anything else is a transformers
     model (hub id, local path, or a ``tiny:`` spec)."""
@@ -318,11 +325,12 @@ def build_local_teacher(model: str, *, documents: str | None = None, dtype: str 
                                device=device)
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, *, served_model_name: str | None = None,
-          documents: str | None = None, dtype: str = "auto", device: str | None = None,
-          max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, batch_size: int = 16,
-          batch_wait_ms: float = 20.0, trust_remote_code: bool = False, api_key_env: str | None = None,
-          log_level: str = "info") -> None:
+def serve(model: str, host: str = HOST, port: int = PORT, *, served_model_name: str | None = None,
+          documents: str | None = None, dtype: str = T.teacher_dtype, device: str | None = None,
+          max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+          top_p: float = T.teacher_top_p, batch_size: int = T.teacher_batch_size,
+          batch_wait_ms: float = BATCH_WAIT_MS, trust_remote_code: bool = T.teacher_trust_remote_code,
+          api_key_env: str | None = None, log_level: str = LOG_LEVEL) -> None:
     """Serve ``model`` (transformers backend, or ``"template"``) as an OpenAI-compatible endpoint; blocks.
 
     ``api_key_env`` names an environment variable whose value clients must send as a Bearer token.
