@@ -215,43 +215,68 @@ def create_app(teacher, *, model_name: str | None = None, api_key: str | None = 
             body = await request.json()
         except ValueError:
             return error(400, "request body is not valid JSON", "invalid_json")
-        if not isinstance(body, dict):
-            return error(400, "request body must be a JSON object", "invalid_body")
-        if body.get("stream"):
-            return error(400, "streaming is not supported by rubric-rl serve-teacher", "stream_unsupported")
-        if body.get("n", 1) != 1:
-            return error(400, "only n=1 is supported", "n_unsupported")
-        raw = body.get("messages")
-        if not isinstance(raw, list) or not raw:
-            return error(400, "'messages' must be a non-empty list", "invalid_messages")
         try:
-            messages = [{"role": str(m["role"]), "content": _text_content(m.get("content", ""))} for m in raw]
-        except (TypeError, KeyError, ValueError) as err:
-            return error(400, f"bad message: {err}", "invalid_messages")
-        try:
-            limit = body.get("max_completion_tokens") or body.get("max_tokens") or max_new_tokens
-            limit = min(int(limit), max_new_tokens)
-            temp = float(body["temperature"]) if body.get("temperature") is not None else temperature
-            nucleus = float(body["top_p"]) if body.get("top_p") is not None else top_p
-            seed = int(body["seed"]) if body.get("seed") is not None else 0
-        except (TypeError, ValueError) as err:
-            return error(400, f"bad sampling parameter: {err}", "invalid_parameter")
-        if limit < 1 or temp < 0 or not 0 < nucleus <= 1:
-            return error(400, "need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1", "invalid_parameter")
-        result = await batcher.submit(TeacherRequest(messages=messages, seed=seed), (limit, temp, nucleus))
+            messages, params, seed = parse_chat_request(body, max_new_tokens=max_new_tokens,
+                                                        temperature=temperature, top_p=top_p)
+        except BadChatRequest as err:
+            return error(400, err.message, err.code)
+        result = await batcher.submit(TeacherRequest(messages=messages, seed=seed), params)
         if result.text is None and result.error not in ("empty",):
             return error(500, f"teacher failed: {result.error}", result.error or "teacher_error", "server_error")
-        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                 "total_tokens": result.prompt_tokens + result.completion_tokens}
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": served,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text or ""},
-                         "finish_reason": result.meta.get("finish_reason", "stop")}],
-            "usage": usage,
-        }
+        return chat_completion(result, served)
 
     return app
+
+
+class BadChatRequest(ValueError):
+    """A chat completion request the server refuses (HTTP 400 with ``code``)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def parse_chat_request(body, *, max_new_tokens: int, temperature: float, top_p: float) -> tuple[list, tuple, int]:
+    """``(messages, (max_new_tokens, temperature, top_p), seed)`` of a chat completion request's JSON body: the
+    request's sampling parameters where it sets them, else the server's (``max_new_tokens`` is also the cap).
+    Raises :class:`BadChatRequest` for what the server does not serve or cannot read."""
+    if not isinstance(body, dict):
+        raise BadChatRequest("request body must be a JSON object", "invalid_body")
+    if body.get("stream"):
+        raise BadChatRequest("streaming is not supported by rubric-rl serve-teacher", "stream_unsupported")
+    if body.get("n", 1) != 1:
+        raise BadChatRequest("only n=1 is supported", "n_unsupported")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise BadChatRequest("'messages' must be a non-empty list", "invalid_messages")
+    try:
+        messages = [{"role": str(m["role"]), "content": _text_content(m.get("content", ""))} for m in raw]
+    except (TypeError, KeyError, ValueError) as err:
+        raise BadChatRequest(f"bad message: {err}", "invalid_messages") from None
+    try:
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or max_new_tokens
+        limit = min(int(limit), max_new_tokens)
+        temp = float(body["temperature"]) if body.get("temperature") is not None else temperature
+        nucleus = float(body["top_p"]) if body.get("top_p") is not None else top_p
+        seed = int(body["seed"]) if body.get("seed") is not None else 0
+    except (TypeError, ValueError) as err:
+        raise BadChatRequest(f"bad sampling parameter: {err}", "invalid_parameter") from None
+    if limit < 1 or temp < 0 or not 0 < nucleus <= 1:
+        raise BadChatRequest("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1", "invalid_parameter")
+    return messages, (limit, temp, nucleus), seed
+
+
+def chat_completion(result: TeacherResult, served: str) -> dict:
+    """The OpenAI chat completion object of one teacher result (an ``empty`` generation is an empty message)."""
+    usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+             "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": served,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text or ""},
+                     "finish_reason": result.meta.get("finish_reason", "stop")}],
+        "usage": usage,
+    }
 
 
 class BackgroundServer:
