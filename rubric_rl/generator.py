@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .devices import resolve_device
+from .configs.train import RubricRLArguments
 from .data.prompts import DEFAULT_TASK, policy_messages
 from .rubric import Rubric, try_parse_rubric
 
@@ -27,9 +28,13 @@ class GeneratedRubric:
 
 
 class RubricGenerator:
-    def __init__(self, model, tokenizer, *, task: str = DEFAULT_TASK, max_document_chars: int = 4000,
+    # The sampling defaults are TRL's GRPOConfig ones (max_completion_length 256, temperature 1.0, top_p 1.0), what
+    # the policy sampled with in training unless the run set others (an export's metadata then names them); they
+    # are not restated from a rubric-rl settings class because none holds them.
+    def __init__(self, model, tokenizer, *, task: str = DEFAULT_TASK,
+                 max_document_chars: int = RubricRLArguments.max_document_chars,
                  max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, device=None,
-                 rubric_format: str = "json"):
+                 rubric_format: str = RubricRLArguments.rubric_format):
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

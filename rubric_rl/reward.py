@@ -33,26 +33,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .configs.train import RubricRLArguments as TrainArgs  # the one place of each reward_* default
 from .jsonl import append_jsonl, iter_log_rows
+from .outcome import RUBRIC, Reason, Status, influence_cause, parse_reason
 from .rubric import try_parse_rubric
 from .synth.engine import SampleSynthesizer, SynthItem
 from .synth.grounding import supporting_sentence
 from .synth.verifiers import Candidate
-from .teachers.base import is_teacher_side_failure
 
 logger = logging.getLogger(__name__)
 
-TEACHER_PREFIX = "teacher_"  # SampleSynthesizer's reason for a teacher failure: "teacher_<error code>"
-
-
 def not_the_rubrics_fault(reason: str | None) -> bool:
-    """Unscorable (None), not invalid: a teacher-side failure (``teachers.base.is_teacher_side_failure``)
-    or an influence failure."""
-    if reason is None:
-        return False
-    if reason.startswith(TEACHER_PREFIX):
-        return is_teacher_side_failure(reason[len(TEACHER_PREFIX):])
-    return reason.startswith("influence_")
+    """Whether a logged outcome string (``rollouts.jsonl``'s ``outcome``) is unscorable (None), not invalid: a
+    teacher-side failure or an influence failure (``outcome.CLASSIFICATION`` decides)."""
+    return reason is not None and parse_reason(reason).status is Status.UNSCORABLE
 
 
 def completion_text(completion) -> str:
@@ -75,7 +69,7 @@ class RunningScaler:
     near-identical scores does not turn noise into a full-range reward.
     """
 
-    def __init__(self, window: int = 256, min_rel: float = 0.0):
+    def __init__(self, window: int = TrainArgs.reward_if_window, min_rel: float = TrainArgs.reward_if_min_rel):
         from collections import deque
 
         self.values: deque[float] = deque(maxlen=window)
@@ -94,7 +88,7 @@ class RunningScaler:
 
 
 def shape_rewards(influences: list[float | None], valid: list[bool], *, invalid_penalty: float,
-                  scaling: str = "running", scale: float = 1.0,
+                  scaling: str = TrainArgs.reward_if_scaling, scale: float = TrainArgs.reward_if_scale,
                   scaler: RunningScaler | None = None) -> list[float | None]:
     """Reward shaping, separated from models so that it can be tested exactly.
 
@@ -179,11 +173,13 @@ class InfluenceReward:
     # TRL names its reward column (the completions table) and rewards/<name>/* metrics after this: the shaped reward
     __name__ = "reward"
 
-    def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *, invalid_penalty: float = 0.1,
-                 scaling: str = "running", scale: float = 1.0, novelty_weight: float = 0.0,
-                 novelty_center: bool = True,
-                 log_path: str | Path | None = None, if_window: int = 256, if_min_rel: float = 0.0,
-                 rubric_format: str = "json"):
+    def __init__(self, synthesizer: SampleSynthesizer, scorer_factory, *,
+                 invalid_penalty: float = TrainArgs.reward_invalid_penalty,
+                 scaling: str = TrainArgs.reward_if_scaling, scale: float = TrainArgs.reward_if_scale,
+                 novelty_weight: float = TrainArgs.reward_novelty_weight,
+                 novelty_center: bool = TrainArgs.reward_novelty_center,
+                 log_path: str | Path | None = None, if_window: int = TrainArgs.reward_if_window,
+                 if_min_rel: float = TrainArgs.reward_if_min_rel, rubric_format: str = TrainArgs.rubric_format):
         self.synthesizer = synthesizer
         self._scorer_factory = scorer_factory  # built lazily: after TRL has placed this process on its device
         self._scorer = None
@@ -239,9 +235,9 @@ class InfluenceReward:
         for r in rollouts:
             r.rubric, err = try_parse_rubric(r.text, self.rubric_format)
             if err:
-                r.reason = f"rubric_{err}"
+                r.cause = Reason(RUBRIC, err)
 
-        todo = [(i, r) for i, r in enumerate(rollouts) if r.reason is None]
+        todo = [(i, r) for i, r in enumerate(rollouts) if r.cause is None]
         t_parse = time.perf_counter()
         outcomes = self.synthesizer.synthesize(
             [SynthItem(document=r.document, rubric=r.rubric, doc_id=str(r.doc_id), seed=(step or 0) * n + i)
@@ -252,23 +248,22 @@ class InfluenceReward:
             if out.valid:
                 r.sample = out.messages
             else:
-                r.reason = out.reason
+                r.cause = out.cause
         t_synth = time.perf_counter()
 
         scored = [r for r in rollouts if r.sample is not None]
         if scored:
             for r, res in zip(scored, self.scorer.score([r.sample for r in scored]), strict=True):
-                r.influence = res.value
-                if res.value is None or not math.isfinite(res.value):
-                    r.influence = None
-                    r.reason = f"influence_{res.reason or 'nonfinite'}"
+                r.cause = influence_cause(res.value, res.reason)
+                r.influence = res.value if r.cause is None else None
 
         t_influence = time.perf_counter()
-        rewards = shape_rewards([r.influence for r in rollouts], [r.valid for r in rollouts],
+        # -lambda for the invalid; an unscorable rollout has no influence, so shape_rewards gives it None directly
+        rewards = shape_rewards([r.influence for r in rollouts], [r.status is not Status.INVALID for r in rollouts],
                                 invalid_penalty=self.invalid_penalty, scaling=self.scaling, scale=self.scale,
                                 scaler=self.scaler)
         for r, reward in zip(rollouts, rewards, strict=True):
-            r.reward = None if r.unscorable else reward
+            r.reward = reward
         # Novelty among the samples that got a reward from their influence (valid, finite): which passage
         # of the document each one is about, compared within its GRPO group (same document and prompt).
         for r in rollouts:
@@ -331,7 +326,7 @@ class Rollout:
     doc_id: str
     group: str  # the prompt: with doc_id, the GRPO group
     rubric: object = None
-    reason: str | None = None  # None while nothing has gone wrong; "rubric_*", a verifier's code, "influence_*"...
+    cause: Reason | None = None  # None while nothing has gone wrong: the rubric's, teacher's, ..., influence's reason
     teacher_text: str | None = None
     sample: list[dict] | None = None
     influence: float | None = None
@@ -340,13 +335,25 @@ class Rollout:
     reward: float | None = None
 
     @property
+    def status(self) -> Status:
+        """``valid`` (a sample with a finite influence), ``invalid`` (the rubric's fault: -lambda) or ``unscorable``
+        (not the rubric's fault: teacher infrastructure, influence; reward None)."""
+        if self.cause is not None:
+            return self.cause.status
+        return Status.VALID if self.sample is not None else Status.INVALID
+
+    @property
+    def reason(self) -> str | None:
+        """The logged form of ``cause`` (``rollouts.jsonl``'s ``outcome``; None: valid)."""
+        return None if self.cause is None else str(self.cause)
+
+    @property
     def unscorable(self) -> bool:
-        """Not the rubric's fault (teacher infrastructure, influence): reward None."""
-        return not_the_rubrics_fault(self.reason)
+        return self.status is Status.UNSCORABLE
 
     @property
     def valid(self) -> bool:
-        return self.sample is not None and not self.unscorable
+        return self.status is Status.VALID
 
     def table_row(self) -> dict:
         """This rollout's columns in TRL's completions table (``log_completions``; W&B): the raw influence, whether

@@ -289,13 +289,6 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
 
     from .data.documents import load_documents
     from .data.prompts import build_prompt_dataset
-    from .influence import InfluenceScorer, run_warmup
-    from .influence.warmup import warmup_finished
-    from .models import load_causal_lm, load_tokenizer
-    from .reward import InfluenceReward
-    from .synth.decontam import load_eval_items
-    from .synth.engine import SampleSynthesizer
-    from .teachers.factory import build_teacher
 
     made_by = provenance()  # at the start: the code that runs, not the HEAD at the end
     _ = grpo_args.device  # let TrainingArguments set up the process group (cpu/gloo, nccl, ...) first
@@ -305,7 +298,43 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     set_seed(grpo_args.seed)
     if args.torch_num_threads:
         torch.set_num_threads(args.torch_num_threads)
-    # refuse to overwrite or mix runs, clean for --overwrite_output_dir, record accepted changes, save the args
+    _prepare_run_folder(args, grpo_args, teacher_cfg, influence_cfg, state, output_dir)
+
+    documents = load_documents(args.documents, text_field=args.document_text_field)
+    dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)
+    logger.info("%d documents -> %d policy prompts", len(documents), len(dataset))
+    tokenizer, model = load_policy(args, grpo_args, documents, output_dir)
+    preflight = preflight_parse_rate(args, grpo_args, model, tokenizer, documents)
+    service = prepare_influence(args, influence_cfg, output_dir)
+    reward = build_reward(args, teacher_cfg, influence_cfg, documents, output_dir, state, service)
+    _announce_scorer(reward, service, influence_cfg)
+    resume = resume_arg(grpo_args.resume_from_checkpoint)
+    if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
+        if state.is_main_process:
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        reward.log_path.unlink(missing_ok=True)
+    state.wait_for_everyone()
+
+    trainer = _run_trainer(args, grpo_args, model, tokenizer, dataset, reward, output_dir, resume)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _refuse_a_run_without_valid_rollouts(output_dir)
+    summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
+               "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
+               "outcomes": dict(reward.stats.outcomes), "preflight": preflight,
+               "global_step": trainer.state.global_step, **made_by}
+    if service is not None:
+        summary["influence_service"] = service.describe()  # this process's requests
+        service.close()
+    if state.is_main_process:
+        _export(output_dir, summary)
+    state.wait_for_everyone()
+    return summary
+
+
+def _prepare_run_folder(args, grpo_args, teacher_cfg, influence_cfg, state, output_dir: Path) -> None:
+    """Refuse to overwrite or mix runs, clean for --overwrite_output_dir, record accepted changes, save the args;
+    refuse to resume a finished run; start the W&B run."""
     decision = prepare_output_dir(output_dir, state, args, grpo_args, teacher_cfg, influence_cfg)
     if decision.get("action") == "resume" and 0 < grpo_args.max_steps <= decision.get("step", 0):
         # HF Trainer resumed at max_steps still trains one more step; a finished run is not trained further
@@ -314,9 +343,11 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
                         f"with `rubric-rl export --run {output_dir} --output {output_dir / 'export'}`")
     wandb_log.start_run(args, grpo_args, teacher_cfg, influence_cfg, is_main_process=state.is_main_process)
 
-    documents = load_documents(args.documents, text_field=args.document_text_field)
-    dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)
-    logger.info("%d documents -> %d policy prompts", len(documents), len(dataset))
+
+def load_policy(args, grpo_args, documents: list[dict], output_dir: Path):
+    """The policy's tokenizer and model: loaded, with ``policy_init_noise`` added, then SFT warm-started on the seed
+    rubrics (``policy_sft_warmstart``)."""
+    from .models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(args.policy_model_name_or_path, trust_remote_code=args.policy_trust_remote_code)
     model = load_causal_lm(args.policy_model_name_or_path, tokenizer, dtype=args.policy_dtype,
@@ -329,27 +360,43 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
                     n, args.policy_init_noise_seed)
     if args.policy_sft_warmstart:
         model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
+    return tokenizer, model
 
-    preflight = preflight_parse_rate(args, grpo_args, model, tokenizer, documents)
 
-    # The target's warm-up runs once: rank 0 trains, the other ranks wait for its completion file (no
-    # barrier, so a long warm-up cannot time out the process group). Each process then loads it on its device.
-    # With reward_influence_url the service (`rubric-rl serve-influence`) holds all of it: nothing loads here.
-    service = None
+def prepare_influence(args, influence_cfg, output_dir: Path):
+    """The influence service's connected client (``reward_influence_url``), or None after the target's warm-up.
+
+    The warm-up runs once: rank 0 trains, the other ranks wait for its completion file (no barrier, so a long
+    warm-up cannot time out the process group); each process then loads it on its device. With
+    ``reward_influence_url`` the service (``rubric-rl serve-influence``) holds all of it: nothing loads here."""
     if args.reward_influence_url:
         from .influence.client import InfluenceClient
 
         service = InfluenceClient.from_args(args)  # (preflight warned about settings that differ from the run's)
         service.connect(wait_s=args.reward_influence_wait_s)
-    else:
-        warmup_reused = warmup_finished(output_dir)
-        run_warmup(influence_cfg, output_dir)
-        wandb_log.log_stage("warmup", wandb_log.trainer_log_history(output_dir / "warmup"), reused=warmup_reused)
+        return service
+    from .influence import run_warmup
+    from .influence.warmup import warmup_finished
+
+    warmup_reused = warmup_finished(output_dir)
+    run_warmup(influence_cfg, output_dir)
+    wandb_log.log_stage("warmup", wandb_log.trainer_log_history(output_dir / "warmup"), reused=warmup_reused)
+    return None
+
+
+def build_reward(args, teacher_cfg, influence_cfg, documents: list[dict], output_dir: Path, state, service):
+    """The reward callable: the teacher and the RL step's verifiers behind a synthesizer, and the influence scorer's
+    factory (the service's client, or an in-process scorer on this process's device)."""
+    from .influence import InfluenceScorer
+    from .reward import InfluenceReward
+    from .synth.decontam import load_eval_items
+    from .synth.engine import SampleSynthesizer
+    from .teachers.factory import build_teacher
 
     teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
     rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
-    reward = InfluenceReward(
+    return InfluenceReward(
         SampleSynthesizer(teacher, train_verifiers(args, eval_items),
                           max_document_chars=teacher_cfg.teacher_max_document_chars),
         (lambda: service) if service is not None else
@@ -359,26 +406,27 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         log_path=output_dir / f"rollouts{rank_suffix}.jsonl",
         if_window=args.reward_if_window, if_min_rel=args.reward_if_min_rel, rubric_format=args.rubric_format,
     )
-    # Built now, announced, rather than inside the first GRPO step (RNG-neutral: see InfluenceReward.scorer).
+
+
+def _announce_scorer(reward, service, influence_cfg) -> None:
+    """Build the reward's scorer now, announced, rather than inside the first GRPO step (RNG-neutral: see
+    ``InfluenceReward.scorer``)."""
     t0 = time.perf_counter()
     if service is not None:
         about = service.describe()
         logger.info("== influence: the service at %s (settings fingerprint %s, workers %s); this process loads no "
                     "target ==", service.endpoint, about["fingerprint"], about["workers"])
         _ = reward.scorer  # the factory's client, taken where the in-process path builds its scorer
-    else:
-        logger.info("== influence: loading the target %s with its warm-up checkpoints and validation gradients ==",
-                    influence_cfg.target_model_name_or_path)
-        scorer = reward.scorer
-        logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
-                    time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
-    resume = resume_arg(grpo_args.resume_from_checkpoint)
-    if resume is None:  # a fresh run: drop logs of an earlier run in the same folder
-        if state.is_main_process:
-            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
-        reward.log_path.unlink(missing_ok=True)
-    state.wait_for_everyone()
+        return
+    logger.info("== influence: loading the target %s with its warm-up checkpoints and validation gradients ==",
+                influence_cfg.target_model_name_or_path)
+    scorer = reward.scorer
+    logger.info("influence scorer ready in %.1f s: %d trainable parameters, %d checkpoint(s), subtasks %s",
+                time.perf_counter() - t0, scorer.engine.num_params, len(scorer.checkpoints), scorer.subtasks)
 
+
+def _run_trainer(args, grpo_args, model, tokenizer, dataset, reward, output_dir: Path, resume):
+    """TRL's trainer (GRPO or RLOO) with the reward and the callbacks: trained, its model saved; returned."""
     if grpo_args.log_completions and grpo_args.num_completions_to_print is None:
         # TRL would print every completion of every logged step as a rich table (thousands of lines); the table
         # goes to W&B and OUTPUT_DIR/completions/ anyway. num_completions_to_print: N prints N per step.
@@ -395,35 +443,29 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
           f"prompt; numbers per step in {output_dir / 'metrics.jsonl'}")
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir))  # weights + tokenizer, main process only
-    state.wait_for_everyone()
-    if state.is_main_process:
-        valid = count_valid_rollouts(output_dir)
-        if valid == 0:
-            from .errors import TrainingStalled
+    return trainer
 
-            raise TrainingStalled(f"no rollout of the whole run produced a valid sample (see {output_dir}/rollouts.jsonl"
-                                  " for the outcomes): every reward was a penalty or None, so nothing was learned "
-                                  "from influence; nothing was exported")
 
-    summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
-               "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes), "preflight": preflight,
-               "global_step": trainer.state.global_step, **made_by}
-    if service is not None:
-        summary["influence_service"] = service.describe()  # this process's requests
-        service.close()
-    if state.is_main_process:
-        from .export import export_run
+def _refuse_a_run_without_valid_rollouts(output_dir: Path) -> None:
+    if count_valid_rollouts(output_dir) == 0:
+        from .errors import TrainingStalled
 
-        export_dir = output_dir / "export"
-        phase("export", str(export_dir))
-        export_run(output_dir, export_dir)
-        summary["export_dir"] = str(export_dir)
-        wandb_log.log_artifact(export_dir, "rubric-generator", metadata={
-            "global_step": summary["global_step"], "reward": summary["reward"], "influence": summary["influence"]})
-        (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
-    state.wait_for_everyone()
-    return summary
+        raise TrainingStalled(f"no rollout of the whole run produced a valid sample (see {output_dir}/rollouts.jsonl"
+                              " for the outcomes): every reward was a penalty or None, so nothing was learned "
+                              "from influence; nothing was exported")
+
+
+def _export(output_dir: Path, summary: dict) -> None:
+    """The exported generator (and its W&B artifact), then ``run_summary.json`` (main process)."""
+    from .export import export_run
+
+    export_dir = output_dir / "export"
+    phase("export", str(export_dir))
+    export_run(output_dir, export_dir)
+    summary["export_dir"] = str(export_dir)
+    wandb_log.log_artifact(export_dir, "rubric-generator", metadata={
+        "global_step": summary["global_step"], "reward": summary["reward"], "influence": summary["influence"]})
+    (output_dir / "run_summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def format_summary(summary: dict) -> str:

@@ -341,3 +341,49 @@ def test_no_private_cross_module_import():
                             "reason in PRIVATE_IMPORTS_ALLOWED): " + ", ".join(f"{a} <- {b}" for a, b in unexplained)
     stale = sorted(set(PRIVATE_IMPORTS_ALLOWED) - found)
     assert not stale, f"PRIVATE_IMPORTS_ALLOWED names imports that no longer exist: {stale}"
+
+
+# ---------------------------------------------------------------------------------------------- long functions
+MAX_FUNCTION_LINES = 80
+# A function whose body is longer, allowed only with the reason written here ({"path.py:qualified.name": "why"}).
+LONG_FUNCTIONS_ALLOWED: dict[str, str] = {}
+
+
+def function_lengths() -> dict[str, int]:
+    """``{"path.py:Class.method": lines}`` for every function and method of the package (nested ones too): its body
+    from the first statement after the docstring to its last line (a docstring documents, it holds no steps)."""
+    lengths = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+
+        def visit(node, prefix: str):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    body = child.body
+                    first = body[1] if (len(body) > 1 and isinstance(body[0], ast.Expr)
+                                        and isinstance(body[0].value, ast.Constant)
+                                        and isinstance(body[0].value.value, str)) else body[0]
+                    lengths[f"{rel}:{prefix}{child.name}"] = child.end_lineno - first.lineno + 1
+                    visit(child, f"{prefix}{child.name}.")
+                elif isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+
+        visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), "")
+    return lengths
+
+
+def test_no_function_over_80_lines_without_a_reason():
+    lengths = function_lengths()
+    long = {name: n for name, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    unexplained = sorted(f"{name} ({n} lines)" for name, n in long.items() if name not in LONG_FUNCTIONS_ALLOWED)
+    assert not unexplained, (f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps, or allow one "
+                             "with a reason in LONG_FUNCTIONS_ALLOWED): " + ", ".join(unexplained))
+    stale = sorted(set(LONG_FUNCTIONS_ALLOWED) - set(long))
+    assert not stale, f"LONG_FUNCTIONS_ALLOWED names functions that are no longer long (or gone): {stale}"
+
+
+def test_function_lengths_count_the_body_after_the_docstring():
+    lengths = function_lengths()
+    assert lengths["outcome.py:Reason.__str__"] == 1  # a docstring-less one-liner
+    assert lengths["outcome.py:classify"] == 4  # its docstring is not counted
+    assert "teachers/server.py:create_app.chat_completions" in lengths  # nested functions count on their own too

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .synth import SynthConfig  # the verifier defaults: reward_* are the twins of synthesize's synth_* ones
+
 DEFAULT_TASK = (
     "Answer multiple-choice questions about the domain with step-by-step reasoning and a final answer letter."
 )
@@ -93,20 +95,26 @@ class RubricRLArguments:
     # The verifiers of the RL step: the same checks and settings as `synthesize` (synth_grounding,
     # synth_grounding_min_overlap, synth_grounding_min_claim_overlap, synth_safety, synth_blocklist_file, synth_decontam_ngram/_threshold).
     reward_grounding: bool = field(
-        default=True, metadata={"help": "Reject samples whose answer is not grounded in the document (as "
-                                        "synthesize's synth_grounding)."})
+        default=SynthConfig.synth_grounding,
+        metadata={"help": "Reject samples whose answer is not grounded in the document (as synthesize's "
+                          "synth_grounding)."})
     reward_grounding_min_overlap: float = field(
-        default=0.5, metadata={"help": "Grounding: minimum share of the answer's content words found in the "
-                                       "document."})
+        default=SynthConfig.synth_grounding_min_overlap,
+        metadata={"help": "Grounding: minimum share of the answer's content words found in the document."})
     reward_grounding_min_claim_overlap: float = field(
-        default=0.75, metadata={"help": "Grounding: minimum share of the answer's claim (its content words the question stem does not hold, plus the words of the option its letter names) found in the document; 0 turns the claim check off."})
-    reward_safety: bool = field(default=True, metadata={"help": "Apply the safety blocklist to rewarded samples."})
+        default=SynthConfig.synth_grounding_min_claim_overlap,
+        metadata={"help": "Grounding: minimum share of the answer's claim (its content words the question stem does not hold, plus the words of the option its letter names) found in the document; 0 turns the claim check off."})
+    reward_safety: bool = field(default=SynthConfig.synth_safety,
+                                metadata={"help": "Apply the safety blocklist to rewarded samples."})
     reward_blocklist_file: str | None = field(
-        default=None, metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."})
-    reward_decontam_ngram: int = field(default=8, metadata={"help": "Decontamination n-gram size (words)."})
+        default=SynthConfig.synth_blocklist_file,
+        metadata={"help": "Extra blocklist patterns, one regex per line ('category: regex' allowed)."})
+    reward_decontam_ngram: int = field(default=SynthConfig.synth_decontam_ngram,
+                                       metadata={"help": "Decontamination n-gram size (words)."})
     reward_decontam_threshold: float = field(
-        default=0.5, metadata={"help": "A sample is contaminated when it covers more than this share of an "
-                                       "evaluation prompt's informative tokens."})
+        default=SynthConfig.synth_decontam_threshold,
+        metadata={"help": "A sample is contaminated when it covers more than this share of an evaluation prompt's "
+                          "informative tokens."})
     reward_invalid_penalty: float = field(
         default=0.1,
         metadata={"help": "lambda in R = valid * (s(IF) + beta * novelty) - lambda * (1 - valid): the reward of an "

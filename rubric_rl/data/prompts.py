@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..configs.train import DEFAULT_TASK
+from ..configs.train import DEFAULT_TASK, RubricRLArguments
 from ..rubric import RUBRIC_FORMAT_INSTRUCTIONS, RUBRIC_LIST_EXAMPLE, RUBRIC_LIST_INSTRUCTIONS
 
 POLICY_SYSTEM = (
@@ -11,8 +11,9 @@ POLICY_SYSTEM = (
 )
 
 
-def policy_messages(document: str, task: str = DEFAULT_TASK, max_document_chars: int = 4000,
-                    rubric_format: str = "json") -> list[dict]:
+def policy_messages(document: str, task: str = DEFAULT_TASK,
+                    max_document_chars: int = RubricRLArguments.max_document_chars,
+                    rubric_format: str = RubricRLArguments.rubric_format) -> list[dict]:
     """The policy's prompt. ``rubric_format`` ``json`` asks for OptimSyn's four-part JSON object; ``list``
     (small instruct models, e.g. SmolLM2-135M, which write valid JSON for ~1 prompt in 8) asks for a short
     bulleted list, with an example."""
@@ -28,8 +29,9 @@ def policy_messages(document: str, task: str = DEFAULT_TASK, max_document_chars:
     return [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": user}]
 
 
-def build_prompt_dataset(documents: list[dict], task: str = DEFAULT_TASK, max_document_chars: int = 4000,
-                         rubric_format: str = "json"):
+def build_prompt_dataset(documents: list[dict], task: str = DEFAULT_TASK,
+                         max_document_chars: int = RubricRLArguments.max_document_chars,
+                         rubric_format: str = RubricRLArguments.rubric_format):
     """An HF dataset with a conversational ``prompt`` column plus ``doc_id`` and ``document`` columns
     (TRL passes the extra columns to reward functions)."""
     import datasets

@@ -162,10 +162,16 @@ def table_rows(report: dict) -> tuple[list[str], list[list]]:
 
 
 def format_markdown(report: dict) -> str:
-    primary = report["primary_metric"]
-    seeds = report["seeds"]
-    cfg = report["config"]["eval"]
-    out = [
+    """report.md: the table, then one section each (per seed, paired wins, influence vs gain, datasets, subtasks,
+    reward curves, plots, timing)."""
+    out = (_md_header(report) + _md_per_seed(report) + _md_paired(report) + _md_correlation(report)
+           + _md_datasets(report) + _md_subtasks(report) + _md_closing(report))
+    return "\n".join(out) + "\n"
+
+
+def _md_header(report: dict) -> list[str]:
+    primary, seeds, cfg = report["primary_metric"], report["seeds"], report["config"]["eval"]
+    return [
         "# rubric-rl evaluate",
         "",
         f"Target `{report['target']}` fine-tuned ({cfg['eval_finetune']}, {cfg['eval_epochs']} epochs, lr "
@@ -175,12 +181,14 @@ def format_markdown(report: dict) -> str:
         f"({'lower' if LOWER_IS_BETTER[primary] else 'higher'} is better); ± is the std over seeds.",
         "",
         format_table(report),
-        "",
-        "## Per seed",
-        "",
-        "| source | " + " | ".join(f"seed {s}: {primary} / acc / influence" for s in seeds) + " |",
-        "|---|" + "---|" * len(seeds),
     ]
+
+
+def _md_per_seed(report: dict) -> list[str]:
+    primary, seeds = report["primary_metric"], report["seeds"]
+    out = ["", "## Per seed", "",
+           "| source | " + " | ".join(f"seed {s}: {primary} / acc / influence" for s in seeds) + " |",
+           "|---|" + "---|" * len(seeds)]
     by = {(r["source"], r["seed"]): r for r in report["runs"]}
     for name in report["ranking"]:
         cells = []
@@ -189,8 +197,12 @@ def format_markdown(report: dict) -> str:
             cells.append(f"{format_number(r['heldout'].get(primary))} / {format_number(r['heldout'].get('acc'))} / "
                          f"{format_number(r['influence']['mean'], 4)}")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += ["", f"## Paired wins on {primary} (same seed = same documents, teacher seeds, target init)", ""]
-    names = report["ranking"]
+    return out
+
+
+def _md_paired(report: dict) -> list[str]:
+    primary, names = report["primary_metric"], report["ranking"]
+    out = ["", f"## Paired wins on {primary} (same seed = same documents, teacher seeds, target init)", ""]
     out.append("| A beats B in k/n seeds | " + " | ".join(names) + " |")
     out.append("|---|" + "---|" * len(names))
     for a in names:
@@ -202,18 +214,27 @@ def format_markdown(report: dict) -> str:
                 p = report["paired"][f"{a}>{b}"]
                 cells.append(f"{p['wins']}/{p['seeds']} ({format_number(p['mean_advantage'], 4)})")
         out.append(f"| {a} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _md_correlation(report: dict) -> list[str]:
+    primary = report["primary_metric"]
     c = report["correlation"][f"influence_vs_{primary}_gain"]
-    out += ["", "## Influence vs held-out gain", "",
-            f"Pearson r between a dataset's mean influence and its {primary} gain over {c['n']} (source, seed) "
-            f"datasets: **{format_number(c['pearson_r'])}** (Spearman {format_number(c['spearman_rho'])}, permutation p "
-            f"{format_number(c['p_permutation'])}); OptimSyn reports r = 0.71."]
+    out = ["", "## Influence vs held-out gain", "",
+           f"Pearson r between a dataset's mean influence and its {primary} gain over {c['n']} (source, seed) "
+           f"datasets: **{format_number(c['pearson_r'])}** (Spearman {format_number(c['spearman_rho'])}, permutation p "
+           f"{format_number(c['p_permutation'])}); OptimSyn reports r = 0.71."]
     for m in PRIMARY_METRICS:
         if m != primary:
             cm = report["correlation"][f"influence_vs_{m}_gain"]
             out.append(f"- vs {m} gain: r = {format_number(cm['pearson_r'])} (n = {cm['n']})")
-    out += ["", "## Datasets", "", "| source | validity | rejected (all seeds) | formats (all seeds) | distinct-1/2/3 |",
-            "|---|---|---|---|---|"]
-    for name in names:
+    return out
+
+
+def _md_datasets(report: dict) -> list[str]:
+    out = ["", "## Datasets", "", "| source | validity | rejected (all seeds) | formats (all seeds) | distinct-1/2/3 |",
+           "|---|---|---|---|---|"]
+    for name in report["ranking"]:
         rs = [r for r in report["runs"] if r["source"] == name]
         rej, fm = Counter(), Counter()
         for r in rs:
@@ -224,20 +245,31 @@ def format_markdown(report: dict) -> str:
                    f"{', '.join(f'{k} {v}' for k, v in rej.most_common(4)) or '-'} | "
                    f"{', '.join(f'{k} {v}' for k, v in fm.most_common(4))} | "
                    f"{format_number(s['distinct_1']['mean'])} / {format_number(s['distinct_2']['mean'])} / {format_number(s['distinct_3']['mean'])} |")
+    return out
+
+
+def _md_subtasks(report: dict) -> list[str]:
     subt = {}
     for r in report["runs"]:
         for st, v in (r["heldout"].get("per_subtask") or {}).items():
             subt.setdefault(r["source"], {}).setdefault(st, []).append(v["acc"])
-    if subt:
-        sts = sorted({st for v in subt.values() for st in v})
-        out += ["", "## Test accuracy per subtask (mean over seeds)", "",
-                "| source | " + " | ".join(sts) + " |", "|---|" + "---|" * len(sts)]
-        base_sub = report["baseline"].get("per_subtask") or {}
-        out.append("| (untrained) | " + " | ".join(format_number(base_sub.get(st, {}).get("acc")) for st in sts) + " |")
-        for name in names:
-            vals = subt.get(name, {})
-            out.append(f"| {name} | " + " | ".join(format_number(sum(vals[st]) / len(vals[st])) if st in vals else "-"
-                                                   for st in sts) + " |")
+    if not subt:
+        return []
+    sts = sorted({st for v in subt.values() for st in v})
+    out = ["", "## Test accuracy per subtask (mean over seeds)", "",
+           "| source | " + " | ".join(sts) + " |", "|---|" + "---|" * len(sts)]
+    base_sub = report["baseline"].get("per_subtask") or {}
+    out.append("| (untrained) | " + " | ".join(format_number(base_sub.get(st, {}).get("acc")) for st in sts) + " |")
+    for name in report["ranking"]:
+        vals = subt.get(name, {})
+        out.append(f"| {name} | " + " | ".join(format_number(sum(vals[st]) / len(vals[st])) if st in vals else "-"
+                                               for st in sts) + " |")
+    return out
+
+
+def _md_closing(report: dict) -> list[str]:
+    """The generators' reward curves, the plots and the timing."""
+    out = []
     curves = report.get("reward_curves") or {}
     if curves:
         out += ["", "## Reward curves of the generators' training runs", ""]
@@ -254,7 +286,7 @@ def format_markdown(report: dict) -> str:
     t = report.get("timing") or {}
     if t:
         out += ["", "Timing (s): " + ", ".join(f"{k} {v}" for k, v in t.items())]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def format_paired(report: dict) -> str:

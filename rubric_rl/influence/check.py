@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..configs.influence import InfluenceConfig as I  # the objective and length defaults: the scorer's
 from ..data.chat import IGNORE_INDEX, tokenize_chat
 
 
@@ -55,8 +56,8 @@ def _losses(model, chats, pad_token_id: int, device, batch_size: int = 8) -> lis
     return out
 
 
-def objective_inputs(tokenizer, validation: Sequence[dict], *, objective: str = "tokens+choices",
-                     max_length: int = 1024) -> dict:
+def objective_inputs(tokenizer, validation: Sequence[dict], *, objective: str = I.influence_objective,
+                     max_length: int = I.influence_max_length) -> dict:
     """The tokenised validation set for :func:`objective_losses`, built once: the gold answers' chats (for the
     token loss), every choice as a (context ids, continuation ids) request, and per multiple-choice item
     (item, first request, K, gold); items the objective does not score (no choices under ``choices``)."""
@@ -78,8 +79,9 @@ def objective_inputs(tokenizer, validation: Sequence[dict], *, objective: str = 
     return {"n": len(validation), "chats": chats, "requests": requests, "items": items, "unscored": unscored}
 
 
-def objective_losses(model, tokenizer, validation: Sequence[dict] | None = None, *, objective: str = "tokens+choices",
-                     max_length: int = 1024, device="cpu", inputs: dict | None = None) -> list[float | None]:
+def objective_losses(model, tokenizer, validation: Sequence[dict] | None = None, *,
+                     objective: str = I.influence_objective, max_length: int = I.influence_max_length, device="cpu",
+                     inputs: dict | None = None) -> list[float | None]:
     """Each validation item's value of the objective the estimator predicts (``influence_objective``): its
     answer-token loss, its choice loss over its K continuations (items without choices: 0), or their sum.
     Items that are not scored by the objective (no choices under ``choices``) get None. ``inputs``
@@ -112,8 +114,11 @@ def aggregate(losses: Sequence[float | None], subtasks: Sequence[str]) -> dict[s
     return {s: sum(v) / len(v) for s, v in groups.items()}
 
 
+# objective "tokens", not influence_objective's default: the check's ground truth is the answer-token loss unless the
+# caller names the scorer's objective (scripts/check_influence.py does).
 def actual_decreases(model, tokenizer, checkpoint, candidates: Sequence[list[dict]], validation: Sequence[dict], *,
-                     lr: float, max_length: int = 1024, subtask_field: str = "subtask", device="cpu",
+                     lr: float, max_length: int = I.influence_max_length,
+                     subtask_field: str = I.influence_subtask_field, device="cpu",
                      progress: bool = False, objective: str = "tokens") -> dict:
     """Validation-loss decrease after one real Adam step on each candidate alone, at ``checkpoint``.
 

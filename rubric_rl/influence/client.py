@@ -46,6 +46,7 @@ from pathlib import Path
 import httpx
 
 from ..configs.influence import InfluenceConfig
+from ..configs.train import RubricRLArguments as TrainArgs  # the one place of each reward_influence_* default
 from ..errors import InfluenceUnavailable, UserError
 from ..provenance import file_sha256
 from ..teachers.base import CircuitBreaker, is_infrastructure_error
@@ -93,10 +94,15 @@ def _is_infrastructure(code: str) -> bool:
 class InfluenceClient:
     """``score`` through one or several ``rubric-rl serve-influence`` endpoints (see the module docstring)."""
 
-    def __init__(self, urls, *, balance: str = "least_loaded", timeout_s: float = 600.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, max_backoff_s: float = 30.0, breaker_window: int = 8,
-                 breaker_max_failure_rate: float = 0.5, api_key_env: str | None = None, probe_timeout_s: float = 2.0,
-                 cooldown_s: float = 30.0):
+    def __init__(self, urls, *, balance: str = TrainArgs.reward_influence_balance,
+                 timeout_s: float = TrainArgs.reward_influence_timeout_s,
+                 max_retries: int = TrainArgs.reward_influence_max_retries,
+                 backoff_s: float = TrainArgs.reward_influence_backoff_s,
+                 max_backoff_s: float = TrainArgs.reward_influence_max_backoff_s,
+                 breaker_window: int = TrainArgs.reward_influence_breaker_window,
+                 breaker_max_failure_rate: float = TrainArgs.reward_influence_breaker_max_failure_rate,
+                 api_key_env: str | None = TrainArgs.reward_influence_api_key_env,
+                 probe_timeout_s: float = 2.0, cooldown_s: float = 30.0):  # (these two have no setting)
         urls = [urls] if isinstance(urls, str) else list(urls or [])
         if not urls:
             raise ValueError("InfluenceClient: no endpoint (reward_influence_url)")
@@ -140,7 +146,7 @@ class InfluenceClient:
         return f"InfluenceClient(urls={self.urls!r}, balance={self.balance!r})"
 
     # ------------------------------------------------------------------ connecting
-    def connect(self, cfg: InfluenceConfig | None = None, *, wait_s: float = 0.0) -> dict:
+    def connect(self, cfg: InfluenceConfig | None = None, *, wait_s: float = TrainArgs.reward_influence_wait_s) -> dict:
         """Ask every endpoint's ``/health`` (waiting up to ``wait_s`` for each to answer) and ``/metrics`` (the
         key, when the service wants one). Raises :class:`UserError` for an endpoint that does not answer, is no
         influence service, refuses the key, or serves other settings than the first endpoint; logs a warning

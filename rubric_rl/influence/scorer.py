@@ -35,13 +35,13 @@ import torch
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
 from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
-from ..devices import resolve_device
+from ..outcome import Reason, Status, influence_cause
 from ..progress import sample_bar as _tqdm
 from ..provenance import file_sha256
 from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
-from .warmup import WarmupCheckpoint, load_checkpoints, run_warmup, warmup_finished
+from .warmup import WarmupCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,20 @@ NONFINITE_GRADIENT = "nonfinite_gradient"
 
 @dataclass
 class InfluenceResult:
+    """One sample's influence, or (``value`` None) the influence stage's code of why there is none: ``reason``, the
+    code as the service's JSON and ``score``'s rows carry it; ``cause``, the typed reason (``outcome.Reason``)."""
+
     value: float | None
     reason: str | None = None
     truncated: bool = False
+
+    @property
+    def cause(self) -> Reason | None:
+        return influence_cause(self.value, self.reason)
+
+    @property
+    def status(self) -> Status:
+        return Status.VALID if self.cause is None else self.cause.status
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -145,31 +156,21 @@ class InfluenceScorer:
     @classmethod
     def from_config(cls, cfg: InfluenceConfig, run_dir: str | Path, *, device=None,
                     progress: bool = False) -> "InfluenceScorer":
-        """Runs the warm-up into run_dir/warmup if missing, loads checkpoints + Adam state, loads/computes
-        the validation-gradient cache (run_dir/influence_cache)."""
-        from peft import PeftModel
+        """A thin wrapper over the builder: :func:`.build.prepare_scorer_inputs` runs the warm-up into
+        run_dir/warmup if missing and loads the target, its adapter and the checkpoints with their Adam state;
+        :meth:`from_inputs` builds the scorer on them and its validation features (run_dir/influence_cache)."""
+        from .build import prepare_scorer_inputs
 
-        from ..models import load_causal_lm, load_tokenizer
+        inputs = prepare_scorer_inputs(cfg, run_dir, device=device, progress=progress, cache_dirname=CACHE_DIRNAME)
+        return cls.from_inputs(cfg, inputs, progress=progress)
 
-        if cfg.influence_validation_data is None:
-            raise ValueError("influence_validation_data is not set; it must name the validation chat jsonl")
-        run_dir = Path(run_dir)
-        dev = resolve_device(device if device is not None else cfg.influence_device, launcher=True)
-        reused = warmup_finished(run_dir)
-        wdir = run_warmup(cfg, run_dir, progress=progress)
-        tok_dir = wdir / "tokenizer"
-        tok = load_tokenizer(str(tok_dir) if tok_dir.exists() else cfg.target_model_name_or_path,
-                             trust_remote_code=cfg.target_trust_remote_code, padding_side="right")
-        base = load_causal_lm(cfg.target_model_name_or_path, tok, dtype=cfg.target_dtype,
-                              trust_remote_code=cfg.target_trust_remote_code)
-        first = sorted((p for p in wdir.glob("checkpoint-*") if p.is_dir()),
-                       key=lambda p: int(p.name.rsplit("-", 1)[1]))[0]
-        model = PeftModel.from_pretrained(base, str(first), is_trainable=True)
-        model.to(dev).eval()
-        ckpts = load_checkpoints(wdir, model, cfg.influence_checkpoints)
-        scorer = cls(cfg, model, tok, ckpts, device=dev, progress=progress)
-        scorer.warmup = {"dir": str(wdir), "reused": reused}
-        scorer.load_validation(cfg.influence_validation_data, cache_dir=run_dir / CACHE_DIRNAME)
+    @classmethod
+    def from_inputs(cls, cfg: InfluenceConfig, inputs, *, progress: bool = False) -> "InfluenceScorer":
+        """The scorer on what the builder loaded (a :class:`.build.ScorerInputs`), with its validation features
+        (computed, or read from the cache the inputs name)."""
+        scorer = cls(cfg, inputs.model, inputs.tokenizer, inputs.checkpoints, device=inputs.device, progress=progress)
+        scorer.warmup = inputs.warmup
+        scorer.load_validation(inputs.validation, cache_dir=inputs.cache_dir)
         return scorer
 
     def _use_checkpoint(self, i: int) -> None:

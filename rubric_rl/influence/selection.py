@@ -27,6 +27,7 @@ from ..data.chat import ChatFormatError, validate_messages
 from ..jsonl import dumps_line
 from ..synth.text import answer_junk_reason
 from ..configs.influence import InfluenceConfig
+from ..configs.run import ScoreArguments
 from . import shards
 from ..progress import sample_bar
 from .scorer import BAD_FORMAT, InfluenceScorer
@@ -37,7 +38,8 @@ logger = logging.getLogger("rubric_rl.influence.scorer")
 
 def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Path, output_path: str | Path,
                select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512, progress: bool = True, scorer: InfluenceScorer | None = None,
+               chunk_size: int = ScoreArguments.chunk_size, progress: bool = True,
+               scorer: InfluenceScorer | None = None,
                num_shards: int = 1, shard_index: int = 0, device: str | None = None) -> dict:
     """Score every line of a chat jsonl file (``rubric-rl score``).
 
@@ -71,7 +73,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     if select_top is not None and select_top <= 0:
         raise ValueError(f"select_top must be > 0, got {select_top}")
     if select_top is not None and selected_path is None:
-        selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
+        selected_path = _top_path(output_path, select_top)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if not 0 <= shard_index < num_shards:
@@ -79,7 +81,7 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     with samples_path.open(encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    lo, hi, write_to = 0, len(lines), output_path
+    lo, hi, write_to, shard_id = 0, len(lines), output_path, None
     if num_shards > 1:
         shard_id = shards.shard_key(cfg, samples_path, len(lines), chunk_size, select_top)
         lo, hi = shards.shard_lines(len(lines), chunk_size, num_shards, shard_index)
@@ -90,95 +92,139 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
     if scorer is None:
         scorer = InfluenceScorer.from_config(cfg, run_dir, progress=progress, device=device)
     scorer_progress, scorer.progress = scorer.progress, False  # one bar: this one
-    reasons: Counter = Counter()
-    truncated = scored = 0
-    values: list[float] = []
-    top: list[tuple[float, int, str]] = []
-    first_line: dict[str, int] = {}  # canonical messages -> the line number that had them first
+    tally = _Tally(select_top)
     start = time.perf_counter()
     bar = sample_bar(hi - lo, "scoring" if num_shards == 1 else f"scoring shard {shard_index} of {num_shards}", progress)
     with shards.open_lines(write_to, remove_on_error=num_shards > 1) as out:
+        first_line: dict[str, int] = {}  # canonical messages -> the line number that had them first
         for c0 in range(0, hi, chunk_size):  # chunks before the shard's: only to know their lines' messages
             chunk = lines[c0:c0 + chunk_size]
-            objs: list[dict | None] = []
-            msgs: list[list | None] = []  # each line's messages (a line may be {"messages": [...]} or the list)
-            errors: list[str | None] = []
-            for j, line in enumerate(chunk):
-                lineno = c0 + j + 1
-                try:
-                    obj = json.loads(line)
-                    messages = obj["messages"] if isinstance(obj, dict) else obj
-                    validate_messages(messages)
-                    objs.append(obj)
-                    msgs.append(messages)
-                    errors.append(None)
-                except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
-                    objs.append(None)
-                    msgs.append(None)
-                    msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
-                    errors.append(f"{samples_path}:{lineno}: {msg}")
-            junk = [None if m is None else answer_junk_reason(m)
-                    for m in msgs]  # empty / whitespace / control-character / "NaN inf" answers: not scored
-            dup: dict[int, int] = {}
-            for j, m in enumerate(msgs):
-                if m is not None and junk[j] is None:
-                    key = json.dumps(m, sort_keys=True, ensure_ascii=False)
-                    if key in first_line:
-                        dup[j] = first_line[key]
-                    else:
-                        first_line[key] = c0 + j + 1
+            objs, msgs, errors = _parse_chunk(chunk, c0, samples_path)
+            junk, dup = _junk_and_repeats(msgs, c0, first_line)
             if c0 < lo:
                 continue
             idx = [j for j, m in enumerate(msgs) if m is not None and junk[j] is None and j not in dup]
             by_j = dict(zip(idx, scorer.score([msgs[j] for j in idx])))
             for j, obj in enumerate(objs):
-                if obj is None:
-                    row = {"influence": None, "reason": BAD_FORMAT, "error": errors[j]}
-                    reasons[BAD_FORMAT] += 1
-                    logger.warning("%s", errors[j])
-                    out.write(dumps_line(row))
-                    continue
-                row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
-                if junk[j] is not None:
-                    row.update(influence=None, reason=junk[j])
-                    reasons[junk[j]] += 1
-                elif j in dup:
-                    row.update(influence=None, reason="duplicate", duplicate_of=dup[j])
-                    reasons["duplicate"] += 1
-                else:
-                    r = by_j[j]
-                    row["influence"] = r.value
-                    if r.reason is not None:
-                        row["reason"] = r.reason
-                        reasons[r.reason] += 1
-                    if r.truncated:
-                        row["truncated"] = True
-                        truncated += 1
-                    if r.value is not None:
-                        scored += 1
-                        values.append(r.value)
-                        if select_top is not None:
-                            item = (r.value, -(c0 + j), json.dumps(row, ensure_ascii=False))
-                            if len(top) < select_top:
-                                heapq.heappush(top, item)
-                            else:
-                                heapq.heappushpop(top, item)
-                out.write(dumps_line(row))
+                out.write(dumps_line(tally.row(obj, errors[j], junk[j], dup.get(j), by_j.get(j), c0 + j)))
             bar.update(len(chunk))
     bar.close()
     scorer.progress = scorer_progress
     elapsed = time.perf_counter() - start
+    warmup = getattr(scorer, "warmup", None)
     if num_shards == 1:
-        best = sorted(top, reverse=True)
+        best = sorted(tally.top, reverse=True)
         if select_top is not None:
             Path(selected_path).parent.mkdir(parents=True, exist_ok=True)
             with Path(selected_path).open("w", encoding="utf-8") as fh:
                 for _, _, row in best:
                     fh.write(row + "\n")
-        return _summary(cfg, samples_path, output_path, len(lines), scored, dict(reasons), truncated, values,
-                        elapsed, select_top and selected_path, len(best), warmup=getattr(scorer, "warmup", None))
-    record = {"key": shard_id, "first": lo, "end": hi, "scored": scored, "unscored": dict(reasons),
-              "truncated": truncated, "values": values, "top": [list(t) for t in top], "seconds": round(elapsed, 3)}
+        return _summary(cfg, samples_path, output_path, len(lines), tally.scored, dict(tally.reasons),
+                        tally.truncated, tally.values, elapsed, select_top and selected_path, len(best), warmup=warmup)
+    return _finish_shard(cfg, samples_path, output_path, len(lines), (lo, hi), num_shards, shard_index, shard_id,
+                         write_to, tally, elapsed, select_top and selected_path, selected_path, warmup)
+
+
+def _top_path(output_path: Path, select_top: int) -> Path:
+    """Where ``select_top`` samples go by default: ``output_path`` with ``.top{K}`` before the suffix."""
+    return output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
+
+
+def _parse_chunk(chunk: list[str], c0: int, samples_path: Path) -> tuple[list, list, list]:
+    """Each line's object, its messages (a line may be ``{"messages": [...]}`` or the list) and, for a line that is no
+    chat sample, the error naming ``FILE:LINE`` (None where it is one)."""
+    objs: list[dict | None] = []
+    msgs: list[list | None] = []
+    errors: list[str | None] = []
+    for j, line in enumerate(chunk):
+        lineno = c0 + j + 1
+        try:
+            obj = json.loads(line)
+            messages = obj["messages"] if isinstance(obj, dict) else obj
+            validate_messages(messages)
+            objs.append(obj)
+            msgs.append(messages)
+            errors.append(None)
+        except (json.JSONDecodeError, KeyError, TypeError, ChatFormatError) as exc:
+            objs.append(None)
+            msgs.append(None)
+            msg = "empty line" if not line.strip() else f"{type(exc).__name__}: {exc}"
+            errors.append(f"{samples_path}:{lineno}: {msg}")
+    return objs, msgs, errors
+
+
+def _junk_and_repeats(msgs: list, c0: int, first_line: dict[str, int]) -> tuple[list, dict[int, int]]:
+    """Each line's junk-answer reason (empty / whitespace / control characters / "NaN inf": not scored), and the
+    lines (index in the chunk -> earlier line number) that repeat an earlier line's messages; ``first_line`` (canonical
+    messages -> the line that had them first) is updated across chunks."""
+    junk = [None if m is None else answer_junk_reason(m) for m in msgs]
+    dup: dict[int, int] = {}
+    for j, m in enumerate(msgs):
+        if m is not None and junk[j] is None:
+            key = json.dumps(m, sort_keys=True, ensure_ascii=False)
+            if key in first_line:
+                dup[j] = first_line[key]
+            else:
+                first_line[key] = c0 + j + 1
+    return junk, dup
+
+
+class _Tally:
+    """The output rows of one scoring pass and what the summary counts: reasons, truncated, scored values, the top K
+    (a heap of ``(value, -line index, row json)``)."""
+
+    def __init__(self, select_top: int | None):
+        self.select_top = select_top
+        self.reasons: Counter = Counter()
+        self.truncated = self.scored = 0
+        self.values: list[float] = []
+        self.top: list[tuple[float, int, str]] = []
+
+    def row(self, obj, error: str | None, junk: str | None, duplicate_of: int | None, result, index: int) -> dict:
+        """The output row of line ``index`` (0-based): a format error, a junk answer, a repeat, or its score."""
+        if obj is None:
+            self.reasons[BAD_FORMAT] += 1
+            logger.warning("%s", error)
+            return {"influence": None, "reason": BAD_FORMAT, "error": error}
+        row = dict(obj) if isinstance(obj, dict) else {"messages": obj}
+        if junk is not None:
+            row.update(influence=None, reason=junk)
+            self.reasons[junk] += 1
+        elif duplicate_of is not None:
+            row.update(influence=None, reason="duplicate", duplicate_of=duplicate_of)
+            self.reasons["duplicate"] += 1
+        else:
+            self._scored(row, result, index)
+        return row
+
+    def _scored(self, row: dict, r, index: int) -> None:
+        row["influence"] = r.value
+        if r.reason is not None:
+            row["reason"] = r.reason
+            self.reasons[r.reason] += 1
+        if r.truncated:
+            row["truncated"] = True
+            self.truncated += 1
+        if r.value is not None:
+            self.scored += 1
+            self.values.append(r.value)
+            if self.select_top is not None:
+                item = (r.value, -index, json.dumps(row, ensure_ascii=False))
+                if len(self.top) < self.select_top:
+                    heapq.heappush(self.top, item)
+                else:
+                    heapq.heappushpop(self.top, item)
+
+
+def _finish_shard(cfg, samples_path: Path, output_path: Path, total: int, span: tuple[int, int], num_shards: int,
+                  shard_index: int, shard_id: str, write_to: Path, tally: _Tally, elapsed: float, summary_selected,
+                  selected_path, warmup) -> dict:
+    """A shard's record, then the merge if this shard is the last to finish: the one-process summary when it merged,
+    the shard's own counts (``merged: false``) when others are still missing."""
+    lo, hi = span
+    record = {"key": shard_id, "first": lo, "end": hi, "scored": tally.scored, "unscored": dict(tally.reasons),
+              "truncated": tally.truncated, "values": tally.values, "top": [list(t) for t in tally.top],
+              "seconds": round(elapsed, 3)}
     shards.finish_shard(output_path, num_shards, shard_index, write_to, record)
     merged = shards.try_merge(output_path, num_shards, shard_id, selected_path)
     if merged is None:
@@ -188,20 +234,20 @@ def score_file(cfg: InfluenceConfig, run_dir: str | Path, samples_path: str | Pa
                     f"waiting for shard(s) {waiting}: the last to finish merges them into {output_path}"
                     if waiting else "another process merges them")
         return {"input": str(samples_path), "output": str(output_path), "shard_index": shard_index,
-                "num_shards": num_shards, "lines": [lo + 1, hi], "scored": scored, "unscored": dict(reasons),
-                "truncated": truncated, "seconds": round(elapsed, 3), "merged": False, "waiting_for": waiting}
-    return _merged_summary(cfg, samples_path, output_path, len(lines), merged, select_top and selected_path,
-                          num_shards, warmup=getattr(scorer, "warmup", None))
+                "num_shards": num_shards, "lines": [lo + 1, hi], "scored": tally.scored,
+                "unscored": dict(tally.reasons), "truncated": tally.truncated, "seconds": round(elapsed, 3),
+                "merged": False, "waiting_for": waiting}
+    return _merged_summary(cfg, samples_path, output_path, total, merged, summary_selected, num_shards, warmup=warmup)
 
 
 def merge_file(cfg: InfluenceConfig, samples_path: str | Path, output_path: str | Path, num_shards: int,
                select_top: int | None = None, selected_path: str | Path | None = None, *,
-               chunk_size: int = 512) -> dict:
+               chunk_size: int = ScoreArguments.chunk_size) -> dict:
     """``rubric-rl score --merge``: merge the finished shards of ``num_shards`` into ``output_path`` (and the
     top-K file); a missing, stale or partial shard is an error naming it. Returns the summary."""
     samples_path, output_path = Path(samples_path), Path(output_path)
     if select_top is not None and selected_path is None:
-        selected_path = output_path.with_name(f"{output_path.stem}.top{select_top}{output_path.suffix}")
+        selected_path = _top_path(output_path, select_top)
     with samples_path.open(encoding="utf-8") as fh:
         total = len(fh.read().splitlines())
     key = shards.shard_key(cfg, samples_path, total, chunk_size, select_top)

@@ -44,6 +44,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..configs.run import ServeInfluenceArguments as ServeArgs  # the one place of each serve_* default
 from .client import SERVICE
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
 class ScoringPool:
     """The bounded queue and one worker per scorer (device), with micro-batching (module docstring)."""
 
-    def __init__(self, scorers, *, devices=None, max_batch_samples: int = 64, batch_wait_ms: float = 10.0,
-                 max_queue_samples: int = 4096):
+    def __init__(self, scorers, *, devices=None, max_batch_samples: int = ServeArgs.serve_max_batch_samples,
+                 batch_wait_ms: float = ServeArgs.serve_batch_wait_ms,
+                 max_queue_samples: int = ServeArgs.serve_max_queue_samples):
         self.scorers = list(scorers)
         if not self.scorers:
             raise ValueError("ScoringPool needs at least one scorer")
@@ -246,9 +248,41 @@ def _json_result(r) -> dict:
             "truncated": bool(r.truncated)}
 
 
+class BadScoreRequest(ValueError):
+    """A score request the service refuses (HTTP ``status`` with ``code``)."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def request_samples(body, max_samples: int) -> list:
+    """The samples of a ``POST /v1/score`` body (``{"samples": [...]}``), at most ``max_samples`` of them (the queue's
+    size: a larger request could never be queued); raises :class:`BadScoreRequest` otherwise."""
+    samples = body.get("samples") if isinstance(body, dict) else None
+    if not isinstance(samples, list):
+        raise BadScoreRequest(400, "the body must be {\"samples\": [...]}: a list of chat samples (message lists or "
+                                   "{\"messages\": [...]})", "invalid_samples")
+    if len(samples) > max_samples:
+        raise BadScoreRequest(413, f"{len(samples)} samples in one request; this service queues at most "
+                                   f"{max_samples} (serve_max_queue_samples): split the request", "request_too_large")
+    return samples
+
+
+def health_report(pool: ScoringPool, fingerprint: str | None, settings: dict | None, run_dir) -> dict:
+    """``GET /health``: what tells this service from any other server, its identity and its size."""
+    from .. import __version__
+
+    return {"status": "ok", "service": SERVICE, "version": __version__, "fingerprint": fingerprint,
+            "settings": settings, "devices": pool.devices, "workers": len(pool.scorers),
+            "max_request_samples": pool.max_queue_samples, "max_batch_samples": pool.max_batch_samples,
+            "run_dir": None if run_dir is None else str(run_dir)}
+
+
 def create_app(scorers, *, devices=None, fingerprint: str | None = None, settings: dict | None = None,
-               run_dir=None, api_key: str | None = None, max_batch_samples: int = 64, batch_wait_ms: float = 10.0,
-               max_queue_samples: int = 4096):
+               run_dir=None, api_key: str | None = None, max_batch_samples: int = ServeArgs.serve_max_batch_samples,
+               batch_wait_ms: float = ServeArgs.serve_batch_wait_ms,
+               max_queue_samples: int = ServeArgs.serve_max_queue_samples):
     """A FastAPI app serving ``scorers`` (one scorer or a list: one worker each) as the influence API.
 
     ``fingerprint`` and ``settings`` (:func:`.client.fingerprint`, :func:`.client.settings`) are what ``/health``
@@ -262,8 +296,6 @@ def create_app(scorers, *, devices=None, fingerprint: str | None = None, setting
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
-
-    from .. import __version__
 
     if not isinstance(scorers, list | tuple):
         scorers = [scorers]
@@ -292,10 +324,7 @@ def create_app(scorers, *, devices=None, fingerprint: str | None = None, setting
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "service": SERVICE, "version": __version__, "fingerprint": fingerprint,
-                "settings": settings, "devices": pool.devices, "workers": len(pool.scorers),
-                "max_request_samples": pool.max_queue_samples, "max_batch_samples": pool.max_batch_samples,
-                "run_dir": None if run_dir is None else str(run_dir)}
+        return health_report(pool, fingerprint, settings, run_dir)
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -312,14 +341,10 @@ def create_app(scorers, *, devices=None, fingerprint: str | None = None, setting
             body = await request.json()
         except ValueError:
             return error(400, "request body is not valid JSON", "invalid_json")
-        samples = body.get("samples") if isinstance(body, dict) else None
-        if not isinstance(samples, list):
-            return error(400, "the body must be {\"samples\": [...]}: a list of chat samples (message lists or "
-                              "{\"messages\": [...]})", "invalid_samples")
-        if len(samples) > pool.max_queue_samples:
-            return error(413, f"{len(samples)} samples in one request; this service queues at most "
-                              f"{pool.max_queue_samples} (serve_max_queue_samples): split the request",
-                         "request_too_large")
+        try:
+            samples = request_samples(body, pool.max_queue_samples)
+        except BadScoreRequest as err:
+            return error(err.status, err.message, err.code)
         if not samples:
             return {"results": [], "fingerprint": fingerprint, "worker": None, "batch_samples": 0, "score_s": 0.0,
                     "latency_s": 0.0}

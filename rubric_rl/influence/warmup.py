@@ -257,7 +257,7 @@ def build_lora_config(cfg: InfluenceConfig):
 
 def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
     from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     from ..models import load_model_and_tokenizer
 
@@ -271,54 +271,16 @@ def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
         cfg.target_model_name_or_path, dtype=cfg.target_dtype, trust_remote_code=cfg.target_trust_remote_code,
         padding_side="right",
     )
-    train, skipped, truncated = [], 0, 0
-    for row in rows:
-        chat = tokenize_chat(tok, row["messages"], cfg.warmup_max_length)
-        truncated += chat.truncated
-        if chat.num_loss_tokens == 0:
-            skipped += 1
-            continue
-        train.append({"input_ids": chat.input_ids, "labels": chat.labels})
-    if not train:
-        raise ValueError(f"{cfg.warmup_data}: no sample has assistant tokens within warmup_max_length={cfg.warmup_max_length}")
-    if skipped or truncated:
-        logger.warning("warm-up data: %d sample(s) skipped (no assistant tokens), %d truncated", skipped, truncated)
-
+    train, skipped, truncated = _training_rows(cfg, rows, tok)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.warmup_seed)
         model = get_peft_model(model, build_lora_config(cfg))
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 
-    save_kwargs = (
-        {"save_strategy": "steps", "save_steps": cfg.warmup_save_every} if cfg.warmup_save_every
-        else {"save_strategy": "epoch"}
-    )
-    use_cpu = not torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(wdir),
-        num_train_epochs=cfg.warmup_epochs,
-        learning_rate=cfg.warmup_learning_rate,
-        lr_scheduler_type=cfg.warmup_lr_scheduler_type,
-        warmup_steps=cfg.warmup_lr_warmup_ratio,  # < 1: a ratio of the total steps
-        per_device_train_batch_size=cfg.warmup_batch_size,
-        gradient_accumulation_steps=cfg.warmup_gradient_accumulation_steps,
-        weight_decay=cfg.warmup_weight_decay,
-        optim="adamw_torch",
-        logging_steps=1,
-        report_to=[],
-        seed=cfg.warmup_seed,
-        remove_unused_columns=False,
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-        save_only_model=False,
-        use_cpu=use_cpu,
-        bf16=(cfg.target_dtype == "bfloat16" and not use_cpu),
-        **save_kwargs,
-    )
     trainer = Trainer(
         model=model,
-        args=args,
+        args=_training_arguments(cfg, wdir, progress=progress),
         train_dataset=train,
         data_collator=PaddingCollator(tok.pad_token_id),
         callbacks=[_ParamNamesCallback(model, wdir)],
@@ -343,6 +305,57 @@ def _train(cfg: InfluenceConfig, wdir: Path, *, progress: bool = True) -> None:
         "global_step": trainer.state.global_step,
     }
     write_json_atomic(wdir / ARGS_FILENAME, record, indent=2, ensure_ascii=True)
+
+
+def _training_rows(cfg: InfluenceConfig, rows: list[dict], tok) -> tuple[list[dict], int, int]:
+    """The warm-up's tokenised samples (those with assistant tokens within ``warmup_max_length``), how many were
+    skipped for having none, how many were truncated."""
+    train, skipped, truncated = [], 0, 0
+    for row in rows:
+        chat = tokenize_chat(tok, row["messages"], cfg.warmup_max_length)
+        truncated += chat.truncated
+        if chat.num_loss_tokens == 0:
+            skipped += 1
+            continue
+        train.append({"input_ids": chat.input_ids, "labels": chat.labels})
+    if not train:
+        raise ValueError(f"{cfg.warmup_data}: no sample has assistant tokens within warmup_max_length={cfg.warmup_max_length}")
+    if skipped or truncated:
+        logger.warning("warm-up data: %d sample(s) skipped (no assistant tokens), %d truncated", skipped, truncated)
+    return train, skipped, truncated
+
+
+def _training_arguments(cfg: InfluenceConfig, wdir: Path, *, progress: bool):
+    """The HF ``TrainingArguments`` of the warm-up: AdamW, a checkpoint per epoch (or every ``warmup_save_every``
+    steps) with the optimizer state the scorer reads, on the GPU when there is one."""
+    from transformers import TrainingArguments
+
+    save_kwargs = (
+        {"save_strategy": "steps", "save_steps": cfg.warmup_save_every} if cfg.warmup_save_every
+        else {"save_strategy": "epoch"}
+    )
+    use_cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(wdir),
+        num_train_epochs=cfg.warmup_epochs,
+        learning_rate=cfg.warmup_learning_rate,
+        lr_scheduler_type=cfg.warmup_lr_scheduler_type,
+        warmup_steps=cfg.warmup_lr_warmup_ratio,  # < 1: a ratio of the total steps
+        per_device_train_batch_size=cfg.warmup_batch_size,
+        gradient_accumulation_steps=cfg.warmup_gradient_accumulation_steps,
+        weight_decay=cfg.warmup_weight_decay,
+        optim="adamw_torch",
+        logging_steps=1,
+        report_to=[],
+        seed=cfg.warmup_seed,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        save_only_model=False,
+        use_cpu=use_cpu,
+        bf16=(cfg.target_dtype == "bfloat16" and not use_cpu),
+        **save_kwargs,
+    )
 
 
 @contextmanager

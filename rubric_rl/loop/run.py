@@ -228,6 +228,31 @@ def _round_dirs(rs_dir: Path) -> list[Path]:
                   key=lambda p: int(p.name[5:]))
 
 
+def _finished_rounds(rs_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The metrics of the rounds already finished (in order) and their samples; an unfinished round (killed) is
+    removed, to be redone from its start."""
+    done = []
+    for d in _round_dirs(rs_dir):
+        if (d / "metrics.json").exists() and int(d.name[5:]) == len(done):
+            done.append(json.loads((d / "metrics.json").read_text()))
+        else:
+            shutil.rmtree(d)
+    data: list[dict] = []
+    for t in range(len(done)):
+        data += read_jsonl(rs_dir / f"round{t}" / "samples.jsonl")
+    return done, data
+
+
+def _synthesize_round(world: _World, planner, sink: MemorySink, share: int, num_seeds: int):
+    """One round's samples into ``sink``: ``share`` accepted samples (at most ``loop_max_queries_per_sample`` items
+    each), or ``share`` teacher queries (``loop_budget_unit: queries``). Returns ``run_items``' (stopped, cursor)."""
+    cfg = world.loop
+    if cfg.loop_budget_unit == "samples":
+        return run_items(planner, world.synthesizer, sink, num_samples=share,
+                         max_items=math.ceil(cfg.loop_max_queries_per_sample * share))
+    return run_items(planner, world.synthesizer, sink, num_samples=share, budget=share, max_idle=max(100, num_seeds))
+
+
 def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> dict:
     from ..progress import phase
     from .selection import seed_scores, select
@@ -236,15 +261,7 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
     seeds = world.seeds_for(seed)
     budgets = cfg.round_budgets(rule)
     rs_dir.mkdir(parents=True, exist_ok=True)
-    done = []
-    for d in _round_dirs(rs_dir):
-        if (d / "metrics.json").exists() and int(d.name[5:]) == len(done):
-            done.append(json.loads((d / "metrics.json").read_text()))
-        else:
-            shutil.rmtree(d)  # an unfinished round (killed): redone from its start
-    data: list[dict] = []
-    for t in range(len(done)):
-        data += read_jsonl(rs_dir / f"round{t}" / "samples.jsonl")
+    done, data = _finished_rounds(rs_dir)
     stream = RubricStream(world.source, world.docs, seed, generator=world.generator,
                           batch_size=world.eval.eval_generator_batch_size,
                           cache_path=rs_dir / "rubrics.jsonl" if world.source.kind == "generator" else None)
@@ -275,12 +292,7 @@ def _run_rule_seed(world: _World, rule: str, seed: int, rs_dir: Path, bar) -> di
         planner = SeedPlanner(seeds, order, world.docs, stream, seed=seed, round_index=t, strategy=cfg.loop_strategy,
                               offset=sum(m["items"] for m in done))
         sink = MemorySink(share)
-        if cfg.loop_budget_unit == "samples":
-            stopped, cursor = run_items(planner, world.synthesizer, sink, num_samples=share,
-                                        max_items=math.ceil(cfg.loop_max_queries_per_sample * share))
-        else:
-            stopped, cursor = run_items(planner, world.synthesizer, sink, num_samples=share, budget=share,
-                                        max_idle=max(100, len(seeds)))
+        stopped, cursor = _synthesize_round(world, planner, sink, share, len(seeds))
         world.generator = stream.generator  # loaded once, for every later loop
         if cfg.loop_budget_unit == "samples" and sink.accepted < share:
             logger.warning("%s seed %d round %d: %d of %d samples accepted after %d items (%s); rejections: %s",

@@ -183,60 +183,14 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
 
     source = RubricSource.resolve(rubric_source)
     rubrics = RubricStream(source, docs, cfg.synth_seed, generator=rubric_generator, cache_path=paths["rubrics"])
-    fingerprint = {
-        "documents": _file_digest(documents), "rubric_source": _source_digest(source),
-        "seed_samples": _file_digest(cfg.synth_seed_samples), "eval_files": [_file_digest(p) for p in cfg.synth_eval_files],
-        "synth": {k: v for k, v in asdict(cfg).items() if k not in (
-            "synth_budget", "synth_max_queries_per_sample", "synth_batch_size", "synth_save_dataset",
-            "synth_hf_dataset", "synth_hf_license", "synth_push_to_hub", "synth_push_private",  # sharing only
-            "synth_overwrite", "synth_progress", "synth_eval_files", "synth_seed_samples")},
-        "teacher": {k: getattr(teacher_cfg, k) for k in ("teacher_backend", "teacher_model_name_or_path",
-                                                         "teacher_temperature", "teacher_top_p",
-                                                         "teacher_max_new_tokens", "teacher_max_document_chars")},
-    }
-    state = _open_state(paths, fingerprint, cfg.synth_overwrite, rubrics)
-    resumed = state is not None
-    if state is None:
-        choice = choose_strategy(cfg.synth_strategy, budget=budget, num_seeds=len(seeds),
-                                 ratio_threshold=cfg.synth_auto_ratio_threshold)
-        state = {"version": STATE_VERSION, "fingerprint": fingerprint, "strategy": choice.strategy,
-                 "strategy_why": choice.why, "next_item": 0, "output_bytes": 0, "rejected_bytes": 0,
-                 "queries": 0, "accepted": 0, "rejected": {}, "rejected_by_verifier": {}, "skipped": {},
-                 "surplus": 0, "elapsed_s": 0.0,
-                 "retry_items": [], "infrastructure_failures": 0}
-        # Before the output exists: a run killed before its first checkpoint leaves a state at offset 0, so
-        # the rerun resumes (truncating what was half-written) instead of refusing a file without a state.
-        write_json_atomic(paths["state"], state)
+    state, resumed = _start_state(cfg, paths, _fingerprint(cfg, teacher_cfg, documents, source), rubrics, budget,
+                                  len(seeds))
     strategy = state["strategy"]
     if strategy != NEW_QUESTION and not seeds:
         raise ValueError(f"strategy {strategy!r} needs synth_seed_samples")
     logger.info("synthesize: strategy %s (%s), budget %d queries, %d documents, %d seed samples%s", strategy,
                 state["strategy_why"], budget, len(docs), len(seeds), ", resuming" if resumed else "")
-
-    # Verifiers: stateless chain + near-duplicate filter seeded with the seed set and what is already written.
-    eval_items = []
-    if cfg.synth_eval_files:
-        from .decontam import load_eval_items
-
-        eval_items = load_eval_items(cfg.synth_eval_files)
-    else:
-        logger.warning("synthesize: no synth_eval_files: decontamination against evaluation sets is OFF")
-    verifiers = default_verifiers(grounding=cfg.synth_grounding, safety=cfg.synth_safety, eval_items=eval_items,
-                                  grounding_min_overlap=cfg.synth_grounding_min_overlap,
-                                  grounding_min_claim_overlap=cfg.synth_grounding_min_claim_overlap,
-                                  decontam_ngram=cfg.synth_decontam_ngram,
-                                  decontam_threshold=cfg.synth_decontam_threshold,
-                                  blocklist_file=cfg.synth_blocklist_file)
-    if cfg.synth_dedup:
-        dedup = NearDuplicateFilter(threshold=cfg.synth_dedup_threshold, seed=cfg.synth_seed)
-        for k, s in enumerate(seeds):
-            dedup.add(s["messages"], f"seed:{k}")
-        if paths["output"].exists():
-            with paths["output"].open("rb") as fh:
-                kept = fh.read(state["output_bytes"]).decode("utf-8")
-            for _, row in parse_lines(enumerate(kept.splitlines(), 1), paths["output"]):
-                dedup.add(row["messages"], row.get("provenance", {}).get("item"))
-        verifiers.append(dedup)
+    verifiers, eval_items = _verifiers(cfg, seeds, paths, state)
 
     own_teacher = teacher is None
 
@@ -263,15 +217,14 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         sink.close()
         if own_teacher and teacher is not None and hasattr(teacher, "close"):
             teacher.close()
-    rejected, by_verifier, skipped = sink.rejected, sink.by_verifier, sink.skipped
 
     state["elapsed_s"] = round(state.get("elapsed_s", 0.0) + time.time() - t0, 3)
     sink.save_counts()
     write_json_atomic(paths["state"], state)
     summary = {
         "output": str(paths["output"]), "accepted": state["accepted"], "num_samples": num_samples,
-        "rejected": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
-        "rejected_by_verifier": dict(by_verifier), "items_skipped": dict(skipped),
+        "rejected": dict(sorted(sink.rejected.items(), key=lambda kv: -kv[1])),
+        "rejected_by_verifier": dict(sink.by_verifier), "items_skipped": dict(sink.skipped),
         "queries_spent": state["queries"], "budget": budget, "stopped": stopped, "surplus": state["surplus"],
         "infrastructure_failures": state.get("infrastructure_failures", 0),
         "strategy": strategy, "strategy_why": state["strategy_why"],
@@ -280,18 +233,91 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
         "rubrics_generated": rubrics.generated, "rubrics_unparseable": rubrics.unparseable,
         "decontamination": bool(eval_items), "resumed": resumed, "elapsed_s": state["elapsed_s"],
     }
+    _finish(cfg, teacher_cfg, summary, paths, documents=documents, num_documents=len(docs), source=source,
+            command_line=command_line)
+    return summary
+
+
+def _fingerprint(cfg: SynthConfig, teacher_cfg: TeacherConfig, documents: str, source: RubricSource) -> dict:
+    """What a resumed run must share with the run that wrote the output: the inputs' digests and every setting that
+    changes a sample (not the ones that only size, share or show the run)."""
+    return {
+        "documents": _file_digest(documents), "rubric_source": _source_digest(source),
+        "seed_samples": _file_digest(cfg.synth_seed_samples), "eval_files": [_file_digest(p) for p in cfg.synth_eval_files],
+        "synth": {k: v for k, v in asdict(cfg).items() if k not in (
+            "synth_budget", "synth_max_queries_per_sample", "synth_batch_size", "synth_save_dataset",
+            "synth_hf_dataset", "synth_hf_license", "synth_push_to_hub", "synth_push_private",  # sharing only
+            "synth_overwrite", "synth_progress", "synth_eval_files", "synth_seed_samples")},
+        "teacher": {k: getattr(teacher_cfg, k) for k in ("teacher_backend", "teacher_model_name_or_path",
+                                                         "teacher_temperature", "teacher_top_p",
+                                                         "teacher_max_new_tokens", "teacher_max_document_chars")},
+    }
+
+
+def _start_state(cfg: SynthConfig, paths: dict[str, Path], fingerprint: dict, rubrics: RubricStream, budget: int,
+                 num_seeds: int) -> tuple[dict, bool]:
+    """The resume state (and True) when the output is a resumable run of these inputs and settings; otherwise a fresh
+    state (with its strategy chosen), written before the output exists (and False)."""
+    state = _open_state(paths, fingerprint, cfg.synth_overwrite, rubrics)
+    if state is not None:
+        return state, True
+    choice = choose_strategy(cfg.synth_strategy, budget=budget, num_seeds=num_seeds,
+                             ratio_threshold=cfg.synth_auto_ratio_threshold)
+    state = {"version": STATE_VERSION, "fingerprint": fingerprint, "strategy": choice.strategy,
+             "strategy_why": choice.why, "next_item": 0, "output_bytes": 0, "rejected_bytes": 0,
+             "queries": 0, "accepted": 0, "rejected": {}, "rejected_by_verifier": {}, "skipped": {},
+             "surplus": 0, "elapsed_s": 0.0,
+             "retry_items": [], "infrastructure_failures": 0}
+    # Before the output exists: a run killed before its first checkpoint leaves a state at offset 0, so
+    # the rerun resumes (truncating what was half-written) instead of refusing a file without a state.
+    write_json_atomic(paths["state"], state)
+    return state, False
+
+
+def _verifiers(cfg: SynthConfig, seeds: list[dict], paths: dict[str, Path], state: dict) -> tuple[list, list]:
+    """The stateless chain plus the near-duplicate filter, seeded with the seed set and what is already written; and
+    the evaluation items it decontaminates against (empty: decontamination is off)."""
+    eval_items = []
+    if cfg.synth_eval_files:
+        from .decontam import load_eval_items
+
+        eval_items = load_eval_items(cfg.synth_eval_files)
+    else:
+        logger.warning("synthesize: no synth_eval_files: decontamination against evaluation sets is OFF")
+    verifiers = default_verifiers(grounding=cfg.synth_grounding, safety=cfg.synth_safety, eval_items=eval_items,
+                                  grounding_min_overlap=cfg.synth_grounding_min_overlap,
+                                  grounding_min_claim_overlap=cfg.synth_grounding_min_claim_overlap,
+                                  decontam_ngram=cfg.synth_decontam_ngram,
+                                  decontam_threshold=cfg.synth_decontam_threshold,
+                                  blocklist_file=cfg.synth_blocklist_file)
+    if cfg.synth_dedup:
+        dedup = NearDuplicateFilter(threshold=cfg.synth_dedup_threshold, seed=cfg.synth_seed)
+        for k, s in enumerate(seeds):
+            dedup.add(s["messages"], f"seed:{k}")
+        if paths["output"].exists():
+            with paths["output"].open("rb") as fh:
+                kept = fh.read(state["output_bytes"]).decode("utf-8")
+            for _, row in parse_lines(enumerate(kept.splitlines(), 1), paths["output"]):
+                dedup.add(row["messages"], row.get("provenance", {}).get("item"))
+        verifiers.append(dedup)
+    return verifiers, eval_items
+
+
+def _finish(cfg: SynthConfig, teacher_cfg: TeacherConfig, summary: dict, paths: dict[str, Path], *,
+            command_line: str | None, **card) -> None:
+    """The dataset copy (``synth_save_dataset``), the summary file, the sharing (:func:`_share`) and the closing
+    log lines."""
     if cfg.synth_save_dataset:
         save_hf_dataset(paths["output"], cfg.synth_save_dataset)
         summary["dataset_dir"] = str(cfg.synth_save_dataset)
     write_json_atomic(paths["summary"], summary)
-    _share(cfg, teacher_cfg, summary, paths, documents=documents, num_documents=len(docs), source=source,
-           command_line=command_line)
+    _share(cfg, teacher_cfg, summary, paths, command_line=command_line, **card)
+    budget, num_samples, stopped = summary["budget"], summary["num_samples"], summary["stopped"]
     logger.info("synthesize: %d/%d accepted, %d queries of %d, stopped: %s, rejected: %s", summary["accepted"],
                 num_samples, summary["queries_spent"], budget, stopped, summary["rejected"])
-    if stopped == "budget" and state["accepted"] < num_samples:
+    if stopped == "budget" and summary["accepted"] < num_samples:
         logger.warning("synthesize: the budget of %d teacher queries ran out at %d/%d samples", budget,
-                       state["accepted"], num_samples)
-    return summary
+                       summary["accepted"], num_samples)
 
 
 def _share(cfg: SynthConfig, teacher_cfg: TeacherConfig, summary: dict, paths: dict[str, Path], *,

@@ -7,8 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..configs.synth import NEEDS_DOCUMENT
+from ..outcome import (BUDGET_EXHAUSTED, EMPTY_DOCUMENT, MISSING_SEED_SAMPLE, PARSE, TEACHER, UNKNOWN_STRATEGY,
+                       VERIFIER, Reason, Status)
 from ..rubric import Rubric
-from ..teachers.base import Teacher, TeacherRequest, is_infrastructure_error
+from ..teachers.base import Teacher, TeacherRequest
 from ..teachers.factory import teacher_label
 from .parse import parse_answer, parse_sample
 from .strategies import (AUGMENT_ANSWER, NEW_QUESTION, SEEDED, STRATEGIES, TEACHER_SYSTEM, new_question_messages,
@@ -59,15 +61,30 @@ class SynthItem:
 
 @dataclass
 class SampleOutcome:
+    """What one item gave: the accepted sample's ``messages``, or why there is none (``cause``)."""
+
     messages: list[dict] | None
-    reason: str | None  # None when accepted
+    cause: Reason | None  # None when accepted
     teacher_text: str | None = None
     meta: dict = field(default_factory=dict)
-    infrastructure: bool = False  # the teacher's infrastructure failed (not the sample): retry the item
 
     @property
     def valid(self) -> bool:
-        return self.reason is None and self.messages is not None
+        return self.cause is None and self.messages is not None
+
+    @property
+    def status(self) -> Status:
+        return self.cause.status if self.cause is not None else Status.VALID
+
+    @property
+    def reason(self) -> str | None:
+        """The logged form of ``cause`` (``teacher_timeout``, ``parse_no_text``, ``ungrounded``, ...)."""
+        return None if self.cause is None else str(self.cause)
+
+    @property
+    def infrastructure(self) -> bool:
+        """The teacher's infrastructure failed (not the sample): retry the item."""
+        return self.cause is not None and self.cause.infrastructure
 
 
 class SampleSynthesizer:
@@ -83,6 +100,8 @@ class SampleSynthesizer:
     ``queries_spent``, ``infrastructure_failures`` and ``counts`` (accepted / reason -> n) accumulate over calls.
     """
 
+    # max_document_chars 0 (never cut), not teacher_max_document_chars: a bare synthesizer (tests, scripts) sends
+    # what it is given; every command passes the teacher setting.
     def __init__(self, teacher: Teacher, verifiers: list | None = None, *, budget: int | None = None,
                  max_document_chars: int = 0):
         self.teacher = teacher
@@ -125,13 +144,13 @@ class SampleSynthesizer:
         for i, item in enumerate(items):
             meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
             if item.strategy not in STRATEGIES:
-                outcomes[i] = SampleOutcome(None, "unknown_strategy", meta=meta)
+                outcomes[i] = SampleOutcome(None, UNKNOWN_STRATEGY, meta=meta)
             elif item.strategy in SEEDED and not item.seed_messages:
-                outcomes[i] = SampleOutcome(None, "missing_seed_sample", meta=meta)
+                outcomes[i] = SampleOutcome(None, MISSING_SEED_SAMPLE, meta=meta)
             elif item.strategy in NEEDS_DOCUMENT and (not item.document or not item.document.strip()):
-                outcomes[i] = SampleOutcome(None, "empty_document", meta=meta)
+                outcomes[i] = SampleOutcome(None, EMPTY_DOCUMENT, meta=meta)
             elif self.budget_left is not None and self.budget_left <= len(requests):
-                outcomes[i] = SampleOutcome(None, "teacher_budget_exhausted", meta=meta)
+                outcomes[i] = SampleOutcome(None, BUDGET_EXHAUSTED, meta=meta)
             else:
                 requests.append(self._request(item))
                 index.append(i)
@@ -140,17 +159,17 @@ class SampleSynthesizer:
         if len(results) != len(requests):
             raise RuntimeError(f"teacher {self.teacher_label} returned {len(results)} results for "
                                f"{len(requests)} requests")
-        infra = sum(1 for res in results if not res.ok and is_infrastructure_error(res.error))
+        failures = [None if res.ok else Reason(TEACHER, res.error or "failed") for res in results]
+        infra = sum(1 for cause in failures if cause is not None and cause.infrastructure)
         self.queries_spent += len(requests) - infra
         self.infrastructure_failures += infra
-        for i, res in zip(index, results, strict=True):
+        for i, res, failure in zip(index, results, failures, strict=True):
             item = items[i]
             meta = {"doc_id": item.doc_id, "teacher": self.teacher_label, "strategy": item.strategy, **item.meta}
             if res.prompt_tokens or res.completion_tokens:
                 meta["tokens"] = {"prompt": res.prompt_tokens, "completion": res.completion_tokens}
-            if not res.ok:
-                outcomes[i] = SampleOutcome(None, f"teacher_{res.error or 'failed'}", res.text, meta,
-                                            infrastructure=is_infrastructure_error(res.error))
+            if failure is not None:
+                outcomes[i] = SampleOutcome(None, failure, res.text, meta)
                 continue
             if item.strategy == AUGMENT_ANSWER:
                 answer, reason = parse_answer(res.text)
@@ -159,7 +178,7 @@ class SampleSynthesizer:
             else:
                 messages, reason = parse_sample(res.text)
             if messages is None:
-                outcomes[i] = SampleOutcome(None, f"parse_{reason}", res.text, meta)
+                outcomes[i] = SampleOutcome(None, Reason(PARSE, reason), res.text, meta)
                 continue
             outcomes[i] = self._verify(Candidate(messages, shown[i], meta), res.text)
         for o in outcomes:
@@ -182,7 +201,8 @@ class SampleSynthesizer:
                 observe = getattr(verifier, "observe", None)
                 if observe is not None:
                     observe(cand)
-        return SampleOutcome(cand.messages if reason is None else None, reason, text, cand.meta)
+        return SampleOutcome(cand.messages if reason is None else None,
+                             None if reason is None else Reason(VERIFIER, reason), text, cand.meta)
 
 
 def _turn(messages: list[dict] | None, role: str) -> str:

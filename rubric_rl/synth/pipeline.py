@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from ..configs.evaluate import EvalConfig
 from ..rubric import Rubric
 from .engine import SampleOutcome, SampleSynthesizer, SynthItem
 from .strategies import NEW_QUESTION
@@ -358,7 +359,8 @@ class MemorySink:
 
 
 def synthesize_dataset(source: RubricSource, docs: list[dict], synthesizer: SampleSynthesizer, *, num_samples: int,
-                       max_items: int, seed: int, generator=None, generator_batch_size: int = 16
+                       max_items: int, seed: int, generator=None,
+                       generator_batch_size: int = EvalConfig.eval_generator_batch_size
                        ) -> tuple[list[dict], dict]:
     """The evaluation's dataset of one (source, seed): accepted samples and the synthesis stats.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..configs.synth import SynthConfig as S  # the one place of each verifier default (synth_*)
+
 
 @dataclass
 class Candidate:
@@ -111,9 +113,13 @@ _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (hel
                       r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
 
 
-def default_verifiers(*, grounding: bool = True, safety: bool = True, eval_items: list[dict] | None = None,
-                      grounding_min_overlap: float = 0.5, grounding_min_claim_overlap: float = 0.75, decontam_ngram: int = 8, decontam_threshold: float = 0.5,
-                      blocklist_file: str | None = None) -> list:
+def default_verifiers(*, grounding: bool = S.synth_grounding, safety: bool = S.synth_safety,
+                      eval_items: list[dict] | None = None,
+                      grounding_min_overlap: float = S.synth_grounding_min_overlap,
+                      grounding_min_claim_overlap: float = S.synth_grounding_min_claim_overlap,
+                      decontam_ngram: int = S.synth_decontam_ngram,
+                      decontam_threshold: float = S.synth_decontam_threshold,
+                      blocklist_file: str | None = S.synth_blocklist_file) -> list:
     """The standard stateless chain: format, non-triviality, grounding, safety, and decontamination when
     ``eval_items`` (chat-format validation/test items) are given. Near-duplicate removal is stateful and
     added separately (:class:`rubric_rl.synth.dedup.NearDuplicateFilter`)."""

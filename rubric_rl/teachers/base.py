@@ -13,12 +13,13 @@ against a sample budget, and a :class:`CircuitBreaker` turns too many of them in
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
+from ..outcome import TEACHER, Reason
 from ..rubric import Rubric
 
 
@@ -57,27 +58,11 @@ class Teacher(Protocol):
     def generate(self, requests: list[TeacherRequest]) -> list[TeacherResult]: ...
 
 
-_INFRA_ERRORS = re.compile(r"^(timeout|connection_error|http_5\d\d|http_408|http_429)$")
-
-
 def is_infrastructure_error(code: str | None) -> bool:
     """True for failures of the teacher's infrastructure (not of the sample): ``timeout``,
-    ``connection_error``, ``http_5xx``, ``http_408``, ``http_429``."""
-    return bool(code) and bool(_INFRA_ERRORS.match(code))
-
-
-# The one place that classifies teacher error codes. Infrastructure failures (above) stop a run when too many
-# (the circuit breaker) and never spend budget; the wider "teacher side" set says nothing about the rubric either,
-# so the reward leaves such a rollout unscored (None) instead of penalising the policy for it. Codes outside it
-# (``empty``, ``no_usable_fact``, ``prompt_too_long``, ``bad_request``, ``empty_document``) follow from what the
-# rubric asked for and count as invalid.
-_TEACHER_SIDE = re.compile(r"^(timeout|http|connection|bad_response|budget_exhausted|failed|generation_error)")
-
-
-def is_teacher_side_failure(code: str | None) -> bool:
-    """True when a teacher failure is not the rubric's fault: every infrastructure error, plus a malformed
-    response, a spent budget, a failed or crashed generation."""
-    return bool(code) and bool(_TEACHER_SIDE.match(code))
+    ``connection_error``, ``http_5xx``, ``http_408``, ``http_429``. Read off the one classification table,
+    ``outcome.CLASSIFICATION`` (which also says which other teacher codes are not the rubric's fault)."""
+    return bool(code) and Reason(TEACHER, code).infrastructure
 
 
 class TeacherUnavailable(RuntimeError):
@@ -102,7 +87,8 @@ class CircuitBreaker:
     last_error)`` (the influence service's client: ``errors.InfluenceUnavailable``).
     """
 
-    def __init__(self, endpoint: str, window: int = 32, max_failure_rate: float = 0.5, *,
+    def __init__(self, endpoint: str, window: int = T.teacher_breaker_window,
+                 max_failure_rate: float = T.teacher_breaker_max_failure_rate, *,
                  unavailable: type = TeacherUnavailable):
         if window < 0:
             raise ValueError(f"circuit breaker window must be >= 0, got {window!r}")

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
 from ..devices import resolve_device
 from ..models import load_model_and_tokenizer
 from .base import TeacherRequest, TeacherResult
@@ -16,8 +17,10 @@ logger = logging.getLogger(__name__)
 class TransformersTeacher:
     name = "transformers"
 
-    def __init__(self, model_name_or_path: str, *, max_new_tokens: int = 512, temperature: float = 0.7,
-                 top_p: float = 0.95, batch_size: int = 16, dtype: str = "auto", trust_remote_code: bool = False,
+    def __init__(self, model_name_or_path: str, *, max_new_tokens: int = T.teacher_max_new_tokens,
+                 temperature: float = T.teacher_temperature, top_p: float = T.teacher_top_p,
+                 batch_size: int = T.teacher_batch_size, dtype: str = T.teacher_dtype,
+                 trust_remote_code: bool = T.teacher_trust_remote_code,
                  device: str | torch.device | None = None, model=None, tokenizer=None):
         if model is None or tokenizer is None:
             model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype=dtype,

@@ -39,6 +39,7 @@ from concurrent.futures import Future
 
 import httpx
 
+from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
 from .base import CircuitBreaker, TeacherRequest, TeacherResult, is_infrastructure_error
 
 logger = logging.getLogger(__name__)
@@ -93,11 +94,14 @@ class OpenAITeacher:
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None, max_new_tokens: int = 512,
-                 temperature: float = 0.7, top_p: float = 0.95, concurrency: int = 8, timeout_s: float = 120.0,
-                 max_retries: int = 3, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
-                 send_seed: bool = True, extra_body: dict | None = None, breaker_window: int = 32,
-                 breaker_max_failure_rate: float = 0.5):
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = T.teacher_api_key_env,
+                 max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+                 top_p: float = T.teacher_top_p, concurrency: int = T.teacher_concurrency,
+                 timeout_s: float = T.teacher_timeout_s, max_retries: int = T.teacher_max_retries,
+                 backoff_s: float = T.teacher_backoff_s, max_backoff_s: float = T.teacher_max_backoff_s,
+                 send_seed: bool = True, extra_body: dict | None = None,
+                 breaker_window: int = T.teacher_breaker_window,
+                 breaker_max_failure_rate: float = T.teacher_breaker_max_failure_rate):
         if not base_url:
             raise ValueError("OpenAITeacher: base_url is required (e.g. http://localhost:8000/v1)")
         if concurrency < 1:

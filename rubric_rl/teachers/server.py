@@ -30,9 +30,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..configs.teacher import TeacherConfig as T  # the sampling and batching defaults: the teacher_* ones
 from .base import TeacherRequest, TeacherResult
 
 logger = logging.getLogger(__name__)
+
+# serve-teacher's own defaults (it has no settings dataclass: an argparse command, no --config), written once here;
+# commands/serve_teacher.py's parser reads them.
+HOST, PORT, BATCH_WAIT_MS, LOG_LEVEL = "127.0.0.1", 8000, 20.0, "info"
 
 
 def _import_serve_deps():
@@ -61,7 +66,7 @@ class _Job:
 class MicroBatcher:
     """Collects concurrent requests into batches for one (thread-unsafe) teacher."""
 
-    def __init__(self, teacher, *, batch_size: int = 16, batch_wait_ms: float = 20.0):
+    def __init__(self, teacher, *, batch_size: int = T.teacher_batch_size, batch_wait_ms: float = BATCH_WAIT_MS):
         self.teacher = teacher
         self.batch_size = max(1, int(batch_size))
         self.batch_wait_s = max(0.0, batch_wait_ms / 1000)
@@ -148,9 +153,10 @@ def _text_content(content) -> str:
     raise ValueError("message content must be a string or a list of text parts")
 
 
-def create_app(teacher, *, model_name: str | None = None, api_key: str | None = None, batch_size: int = 16,
-               batch_wait_ms: float = 20.0, max_new_tokens: int = 512, temperature: float = 0.7,
-               top_p: float = 0.95):
+def create_app(teacher, *, model_name: str | None = None, api_key: str | None = None,
+               batch_size: int = T.teacher_batch_size, batch_wait_ms: float = BATCH_WAIT_MS,
+               max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+               top_p: float = T.teacher_top_p):
     """A FastAPI app serving ``teacher`` as an OpenAI-compatible chat endpoint.
 
     ``max_new_tokens`` / ``temperature`` / ``top_p`` are the defaults for requests that do not set
@@ -209,43 +215,68 @@ def create_app(teacher, *, model_name: str | None = None, api_key: str | None = 
             body = await request.json()
         except ValueError:
             return error(400, "request body is not valid JSON", "invalid_json")
-        if not isinstance(body, dict):
-            return error(400, "request body must be a JSON object", "invalid_body")
-        if body.get("stream"):
-            return error(400, "streaming is not supported by rubric-rl serve-teacher", "stream_unsupported")
-        if body.get("n", 1) != 1:
-            return error(400, "only n=1 is supported", "n_unsupported")
-        raw = body.get("messages")
-        if not isinstance(raw, list) or not raw:
-            return error(400, "'messages' must be a non-empty list", "invalid_messages")
         try:
-            messages = [{"role": str(m["role"]), "content": _text_content(m.get("content", ""))} for m in raw]
-        except (TypeError, KeyError, ValueError) as err:
-            return error(400, f"bad message: {err}", "invalid_messages")
-        try:
-            limit = body.get("max_completion_tokens") or body.get("max_tokens") or max_new_tokens
-            limit = min(int(limit), max_new_tokens)
-            temp = float(body["temperature"]) if body.get("temperature") is not None else temperature
-            nucleus = float(body["top_p"]) if body.get("top_p") is not None else top_p
-            seed = int(body["seed"]) if body.get("seed") is not None else 0
-        except (TypeError, ValueError) as err:
-            return error(400, f"bad sampling parameter: {err}", "invalid_parameter")
-        if limit < 1 or temp < 0 or not 0 < nucleus <= 1:
-            return error(400, "need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1", "invalid_parameter")
-        result = await batcher.submit(TeacherRequest(messages=messages, seed=seed), (limit, temp, nucleus))
+            messages, params, seed = parse_chat_request(body, max_new_tokens=max_new_tokens,
+                                                        temperature=temperature, top_p=top_p)
+        except BadChatRequest as err:
+            return error(400, err.message, err.code)
+        result = await batcher.submit(TeacherRequest(messages=messages, seed=seed), params)
         if result.text is None and result.error not in ("empty",):
             return error(500, f"teacher failed: {result.error}", result.error or "teacher_error", "server_error")
-        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                 "total_tokens": result.prompt_tokens + result.completion_tokens}
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": served,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text or ""},
-                         "finish_reason": result.meta.get("finish_reason", "stop")}],
-            "usage": usage,
-        }
+        return chat_completion(result, served)
 
     return app
+
+
+class BadChatRequest(ValueError):
+    """A chat completion request the server refuses (HTTP 400 with ``code``)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def parse_chat_request(body, *, max_new_tokens: int, temperature: float, top_p: float) -> tuple[list, tuple, int]:
+    """``(messages, (max_new_tokens, temperature, top_p), seed)`` of a chat completion request's JSON body: the
+    request's sampling parameters where it sets them, else the server's (``max_new_tokens`` is also the cap).
+    Raises :class:`BadChatRequest` for what the server does not serve or cannot read."""
+    if not isinstance(body, dict):
+        raise BadChatRequest("request body must be a JSON object", "invalid_body")
+    if body.get("stream"):
+        raise BadChatRequest("streaming is not supported by rubric-rl serve-teacher", "stream_unsupported")
+    if body.get("n", 1) != 1:
+        raise BadChatRequest("only n=1 is supported", "n_unsupported")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise BadChatRequest("'messages' must be a non-empty list", "invalid_messages")
+    try:
+        messages = [{"role": str(m["role"]), "content": _text_content(m.get("content", ""))} for m in raw]
+    except (TypeError, KeyError, ValueError) as err:
+        raise BadChatRequest(f"bad message: {err}", "invalid_messages") from None
+    try:
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or max_new_tokens
+        limit = min(int(limit), max_new_tokens)
+        temp = float(body["temperature"]) if body.get("temperature") is not None else temperature
+        nucleus = float(body["top_p"]) if body.get("top_p") is not None else top_p
+        seed = int(body["seed"]) if body.get("seed") is not None else 0
+    except (TypeError, ValueError) as err:
+        raise BadChatRequest(f"bad sampling parameter: {err}", "invalid_parameter") from None
+    if limit < 1 or temp < 0 or not 0 < nucleus <= 1:
+        raise BadChatRequest("need max_tokens >= 1, temperature >= 0, 0 < top_p <= 1", "invalid_parameter")
+    return messages, (limit, temp, nucleus), seed
+
+
+def chat_completion(result: TeacherResult, served: str) -> dict:
+    """The OpenAI chat completion object of one teacher result (an ``empty`` generation is an empty message)."""
+    usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+             "total_tokens": result.prompt_tokens + result.completion_tokens}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": served,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text or ""},
+                     "finish_reason": result.meta.get("finish_reason", "stop")}],
+        "usage": usage,
+    }
 
 
 class BackgroundServer:
@@ -296,9 +327,10 @@ class BackgroundServer:
         self.stop()
 
 
-def build_local_teacher(model: str, *, documents: str | None = None, dtype: str = "auto", device=None,
-                        max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95,
-                        batch_size: int = 16, trust_remote_code: bool = False):
+def build_local_teacher(model: str, *, documents: str | None = None, dtype: str = T.teacher_dtype, device=None,
+                        max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+                        top_p: float = T.teacher_top_p, batch_size: int = T.teacher_batch_size,
+                        trust_remote_code: bool = T.teacher_trust_remote_code):
     """The teacher ``serve`` puts behind the endpoint: ``model="template"`` serves the offline template
     teacher (``documents``: a documents jsonl for its distractor pool); anything else is a transformers
     model (hub id, local path, or a ``tiny:`` spec)."""
@@ -318,11 +350,12 @@ def build_local_teacher(model: str, *, documents: str | None = None, dtype: str 
                                device=device)
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, *, served_model_name: str | None = None,
-          documents: str | None = None, dtype: str = "auto", device: str | None = None,
-          max_new_tokens: int = 512, temperature: float = 0.7, top_p: float = 0.95, batch_size: int = 16,
-          batch_wait_ms: float = 20.0, trust_remote_code: bool = False, api_key_env: str | None = None,
-          log_level: str = "info") -> None:
+def serve(model: str, host: str = HOST, port: int = PORT, *, served_model_name: str | None = None,
+          documents: str | None = None, dtype: str = T.teacher_dtype, device: str | None = None,
+          max_new_tokens: int = T.teacher_max_new_tokens, temperature: float = T.teacher_temperature,
+          top_p: float = T.teacher_top_p, batch_size: int = T.teacher_batch_size,
+          batch_wait_ms: float = BATCH_WAIT_MS, trust_remote_code: bool = T.teacher_trust_remote_code,
+          api_key_env: str | None = None, log_level: str = LOG_LEVEL) -> None:
     """Serve ``model`` (transformers backend, or ``"template"``) as an OpenAI-compatible endpoint; blocks.
 
     ``api_key_env`` names an environment variable whose value clients must send as a Bearer token.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
 from .base import TeacherRequest, TeacherResult
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,12 @@ def import_vllm():
 class VLLMTeacher:
     name = "vllm"
 
-    def __init__(self, model_name_or_path: str, *, max_new_tokens: int = 512, temperature: float = 0.7,
-                 top_p: float = 0.95, dtype: str = "auto", trust_remote_code: bool = False,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, seed: int = 0, llm=None):
+    def __init__(self, model_name_or_path: str, *, max_new_tokens: int = T.teacher_max_new_tokens,
+                 temperature: float = T.teacher_temperature, top_p: float = T.teacher_top_p,
+                 dtype: str = T.teacher_dtype, trust_remote_code: bool = T.teacher_trust_remote_code,
+                 tensor_parallel_size: int = T.teacher_vllm_tensor_parallel_size,
+                 gpu_memory_utilization: float = T.teacher_vllm_gpu_memory_utilization,
+                 max_model_len: int | None = T.teacher_vllm_max_model_len, seed: int = 0, llm=None):
         self.vllm = import_vllm()
         self.model_name = model_name_or_path
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
