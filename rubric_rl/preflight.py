@@ -153,6 +153,8 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
         check_text_file(args.reward_blocklist_file, field="reward_blocklist_file")
     check_teacher(teacher_cfg)
     if args.evaluate_config:
+        if not Path(args.evaluate_config).is_file():
+            raise UserError(f"evaluate_config: no such file {args.evaluate_config!r}")
         check_evaluate_config(args.evaluate_config, args.evaluate_sources or [],
                               Path(grpo_args.output_dir) / "eval")
 

@@ -387,3 +387,37 @@ def test_function_lengths_count_the_body_after_the_docstring():
     assert lengths["outcome.py:Reason.__str__"] == 1  # a docstring-less one-liner
     assert lengths["outcome.py:classify"] == 4  # its docstring is not counted
     assert "teachers/server.py:create_app.chat_completions" in lengths  # nested functions count on their own too
+
+
+DISK_CALLS = {"exists", "is_file", "is_dir", "open", "read_text", "read_bytes", "stat", "resolve", "iterdir",
+              "glob", "listdir", "isfile", "isdir"}
+
+
+def disk_reads_in_post_init(source: str) -> list[str]:
+    """``Class.__post_init__: call`` for each filesystem call in a dataclass's ``__post_init__``."""
+    found = []
+    for cls in ast.walk(ast.parse(source)):
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        for fn in cls.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "__post_init__":
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call):
+                        f = node.func
+                        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                        if name in DISK_CALLS:
+                            found.append(f"{cls.name}.__post_init__: {name}()")
+    return found
+
+
+def test_configs_read_no_file_in_post_init():
+    """A config is values; the files it names are checked by preflight at the command's start (issue 21)."""
+    bad = [f"{p.relative_to(ROOT.parent)}: {x}" for p in sorted((ROOT / "configs").glob("*.py"))
+           for x in disk_reads_in_post_init(p.read_text())]
+    bad += [f"config.py: {x}" for x in disk_reads_in_post_init((ROOT / "config.py").read_text())]
+    assert not bad, bad
+
+
+def test_the_post_init_check_sees_a_disk_read():
+    src = "class C:\n    def __post_init__(self):\n        if Path(self.p).is_file():\n            pass\n"
+    assert disk_reads_in_post_init(src) == ["C.__post_init__: is_file()"]

@@ -74,7 +74,6 @@ def test_cli_flags_override_the_file():
     ("--teacher_backend", "nope", "teacher_backend"),
     ("--influence_estimator", "nope", "influence_estimator"),
     ("--reward_novelty_weight", "-0.5", "reward_novelty_weight"),
-    ("--evaluate_config", "/nonexistent/eval.yaml", "evaluate_config"),
     ("--evaluate_sources", "trained=x.json", "evaluate_sources"),
     ("--evaluate_sources", "no-equals-sign", "sources"),
 ])
@@ -83,6 +82,18 @@ def test_bad_values_fail_naming_the_field(flag, value, field, capsys):
         parse_config(train_dataclasses(), ["--config", str(ROOT / "configs" / "quickstart.yaml"), flag, value])
     assert info.value.code == 2
     assert field in capsys.readouterr().err
+
+
+def test_a_missing_evaluate_config_stops_train_before_any_model_loads(capsys):
+    """A file is checked by preflight at the command's start (exit 2, the field named), not by the config
+    dataclass: parsing a config reads no file but the config itself."""
+    args, *_ = parse_config(train_dataclasses(), ["--config", str(ROOT / "configs" / "quickstart.yaml"),
+                                                  "--evaluate_config", "/nonexistent/eval.yaml"])
+    assert args.evaluate_config == "/nonexistent/eval.yaml"
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--evaluate_config", "/nonexistent/eval.yaml"])
+    assert info.value.code == 2
+    assert "evaluate_config: no such file '/nonexistent/eval.yaml'" in capsys.readouterr().err
 
 
 def test_missing_config_file_is_a_clear_error(capsys):

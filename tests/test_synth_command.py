@@ -271,12 +271,25 @@ def test_contaminating_teacher_is_caught(q, tmp_path):
     ({"synth_batch_size": 0}, "synth_batch_size"),
     ({"synth_decontam_threshold": 1.0}, "synth_decontam_threshold"),
     ({"synth_dedup_threshold": 0}, "synth_dedup_threshold"),
-    ({"synth_eval_files": ["/nonexistent/val.jsonl"]}, "synth_eval_files"),
     ({"synth_auto_ratio_threshold": 0}, "synth_auto_ratio_threshold"),
 ])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SynthConfig(**kwargs)
+
+
+def test_files_are_checked_by_preflight_not_by_the_config(q, tmp_path):
+    from rubric_rl.configs.synth import SynthArguments
+    from rubric_rl.errors import UserError
+    from rubric_rl.preflight import check_synthesize
+
+    missing = SynthConfig(synth_eval_files=["/nonexistent/val.jsonl"])  # values only: no disk read
+    sa = SynthArguments(rubric_source="none", documents=q["docs"], output=str(tmp_path / "x.jsonl"))
+    with pytest.raises(UserError, match="synth_eval_files"):
+        check_synthesize(sa, missing, TeacherConfig())
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="synth_hf_dataset: .*afile exists and is not a dataset"):
+        check_synthesize(sa, SynthConfig(synth_hf_dataset=str(tmp_path / "afile")), TeacherConfig())
 
 
 def test_bad_rubric_source(q, tmp_path):

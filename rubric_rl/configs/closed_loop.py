@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .checks import at_least, positive
 from .synth import SIMILAR_QUESTION, STRATEGIES
 
 LOSS_OWN = "loss_own"
@@ -96,15 +97,12 @@ class ClosedLoopConfig:
         if self.loop_strategy not in STRATEGIES:
             raise ValueError(f"loop_strategy must be one of {list(STRATEGIES)}, got {self.loop_strategy!r}")
         for name in ("loop_budget", "loop_rounds", "loop_answer_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            at_least(name, getattr(self, name), 1)
         if self.loop_rounds > self.loop_budget:
             raise ValueError(f"loop_rounds ({self.loop_rounds}) must not exceed loop_budget ({self.loop_budget}): "
                              "every round spends at least one unit")
-        if self.loop_num_seeds < 0:
-            raise ValueError(f"loop_num_seeds must be >= 0, got {self.loop_num_seeds!r}")
-        if self.loop_max_queries_per_sample < 1:
-            raise ValueError(f"loop_max_queries_per_sample must be >= 1, got {self.loop_max_queries_per_sample!r}")
+        positive("loop_num_seeds", self.loop_num_seeds, allow_zero=True)
+        at_least("loop_max_queries_per_sample", self.loop_max_queries_per_sample, 1)
         if not self.loop_seed_data:
             raise ValueError("loop_seed_data must name the seed questions file")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .checks import at_least, positive
+
 # How a multiple-choice item's context is built (rubric_rl/mcscore.py scores with it; here so this layer imports
 # nothing above it)
 MC_CONTEXT_MODES = ("reasoning_prefix", "prompt")
@@ -121,18 +123,15 @@ class EvalConfig:
             raise ValueError(f"eval_mc_context must be one of {list(MC_CONTEXT_MODES)}, got {self.eval_mc_context!r}")
         for name in ("eval_lora_r", "eval_batch_size", "eval_max_length", "eval_num_samples", "eval_score_batch_size",
                      "eval_generator_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            at_least(name, getattr(self, name), 1)
         for name in ("eval_epochs", "eval_learning_rate", "eval_lora_alpha"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.eval_max_queries_per_sample < 1:
-            raise ValueError(f"eval_max_queries_per_sample must be >= 1, got {self.eval_max_queries_per_sample!r}")
+        at_least("eval_max_queries_per_sample", self.eval_max_queries_per_sample, 1)
         if not 0 <= self.eval_warmup_ratio < 1:
             raise ValueError(f"eval_warmup_ratio must be in [0, 1), got {self.eval_warmup_ratio!r}")
         for name in ("eval_weight_decay", "eval_max_grad_norm", "eval_torch_num_threads"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            positive(name, getattr(self, name), allow_zero=True)
         if isinstance(self.eval_seeds, int):
             self.eval_seeds = [self.eval_seeds]
         if not self.eval_seeds or len(set(self.eval_seeds)) != len(self.eval_seeds):

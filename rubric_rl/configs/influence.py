@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .checks import choice, positive
+
 ESTIMATORS = ("less", "dot")
 DIRECTIONS = ("adam", "adam_less", "sgd")
 DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
@@ -19,18 +21,6 @@ OBJECTIVES = ("tokens+choices", "tokens", "choices")
 # Rows of the projection generated from one (seed, tile) pair. Fixed, so that the projection does
 # not depend on how it is chunked in memory (see projection.py).
 PROJECTION_TILE_ROWS = 256
-
-
-def _positive(name: str, value, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
-def _choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass
@@ -187,16 +177,16 @@ class InfluenceConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.target_model_name_or_path, str) or not self.target_model_name_or_path.strip():
             raise ValueError(f"target_model_name_or_path must be a non-empty string, got {self.target_model_name_or_path!r}")
-        _choice("target_dtype", self.target_dtype, DTYPES)
-        _positive("warmup_epochs", self.warmup_epochs)
-        _positive("warmup_learning_rate", self.warmup_learning_rate)
+        choice("target_dtype", self.target_dtype, list(DTYPES))
+        positive("warmup_epochs", self.warmup_epochs)
+        positive("warmup_learning_rate", self.warmup_learning_rate)
         if not 0 <= self.warmup_lr_warmup_ratio < 1:
             raise ValueError(f"warmup_lr_warmup_ratio must be in [0, 1), got {self.warmup_lr_warmup_ratio!r}")
-        _positive("warmup_batch_size", self.warmup_batch_size)
-        _positive("warmup_gradient_accumulation_steps", self.warmup_gradient_accumulation_steps)
-        _positive("warmup_max_length", self.warmup_max_length)
-        _positive("warmup_lora_r", self.warmup_lora_r)
-        _positive("warmup_lora_alpha", self.warmup_lora_alpha)
+        positive("warmup_batch_size", self.warmup_batch_size)
+        positive("warmup_gradient_accumulation_steps", self.warmup_gradient_accumulation_steps)
+        positive("warmup_max_length", self.warmup_max_length)
+        positive("warmup_lora_r", self.warmup_lora_r)
+        positive("warmup_lora_alpha", self.warmup_lora_alpha)
         if not 0 <= self.warmup_lora_dropout < 1:
             raise ValueError(f"warmup_lora_dropout must be in [0, 1), got {self.warmup_lora_dropout!r}")
         if isinstance(self.warmup_lora_target_modules, str):
@@ -207,27 +197,27 @@ class InfluenceConfig:
             raise ValueError(
                 f"warmup_lora_target_modules must be a non-empty list of module names, got {self.warmup_lora_target_modules!r}"
             )
-        _positive("warmup_save_every", self.warmup_save_every, allow_zero=True)
-        _positive("warmup_weight_decay", self.warmup_weight_decay, allow_zero=True)
+        positive("warmup_save_every", self.warmup_save_every, allow_zero=True)
+        positive("warmup_weight_decay", self.warmup_weight_decay, allow_zero=True)
         if not self.influence_subtask_field:
             raise ValueError(f"influence_subtask_field must be a non-empty string, got {self.influence_subtask_field!r}")
-        _choice("influence_objective", self.influence_objective, OBJECTIVES)
-        _choice("influence_estimator", self.influence_estimator, ESTIMATORS)
-        _choice("influence_direction", self.influence_direction, DIRECTIONS)
-        _positive("influence_proj_dim", self.influence_proj_dim, allow_zero=True)
-        _positive("influence_proj_memory_mb", self.influence_proj_memory_mb)
+        choice("influence_objective", self.influence_objective, list(OBJECTIVES))
+        choice("influence_estimator", self.influence_estimator, list(ESTIMATORS))
+        choice("influence_direction", self.influence_direction, list(DIRECTIONS))
+        positive("influence_proj_dim", self.influence_proj_dim, allow_zero=True)
+        positive("influence_proj_memory_mb", self.influence_proj_memory_mb)
         if self.influence_proj_dim and self.influence_proj_dim * 8 > self.influence_proj_memory_mb * 2**20:
             raise ValueError(
                 f"influence_proj_memory_mb={self.influence_proj_memory_mb} cannot hold one projection row of "
                 f"influence_proj_dim={self.influence_proj_dim}; raise it or lower influence_proj_dim"
             )
-        _positive("influence_batch_size", self.influence_batch_size)
-        _positive("influence_max_length", self.influence_max_length)
+        positive("influence_batch_size", self.influence_batch_size)
+        positive("influence_max_length", self.influence_max_length)
         if isinstance(self.influence_checkpoints, str):
             self.influence_checkpoints = [self.influence_checkpoints]
         if not self.influence_checkpoints:
             raise ValueError(f"influence_checkpoints must name 'all', 'last' or checkpoints, got {self.influence_checkpoints!r}")
-        _choice("influence_dtype", self.influence_dtype, COMPUTE_DTYPES)
+        choice("influence_dtype", self.influence_dtype, list(COMPUTE_DTYPES))
         if not isinstance(self.influence_device, str) or not self.influence_device:
             raise ValueError(f"influence_device must be 'auto' or a torch device string, got {self.influence_device!r}")
 

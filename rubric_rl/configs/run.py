@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .checks import at_least, positive
+
 
 @dataclass
 class RunDirArguments:
@@ -49,8 +51,7 @@ class ScoreArguments:
             raise ValueError(f"select_top must be >= 1, got {self.select_top!r}")
         if self.select_top is not None and not self.selected:
             raise ValueError("--select_top needs --selected (where to write the selected samples)")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
+        at_least("chunk_size", self.chunk_size, 1)
         if self.num_shards is not None and self.num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {self.num_shards!r}")
         if self.shard_index is not None:
@@ -105,10 +106,8 @@ class ServeInfluenceArguments:
         if "auto" in self.serve_devices and len(self.serve_devices) > 1:
             raise ValueError(f"serve_devices: 'auto' stands alone, got {self.serve_devices!r}")
         for name in ("serve_max_batch_samples", "serve_max_queue_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.serve_batch_wait_ms < 0:
-            raise ValueError(f"serve_batch_wait_ms must be >= 0, got {self.serve_batch_wait_ms!r}")
+            at_least(name, getattr(self, name), 1)
+        positive("serve_batch_wait_ms", self.serve_batch_wait_ms, allow_zero=True)
         if self.serve_api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.serve_api_key_env):
             raise ValueError("serve_api_key_env must be the NAME of an environment variable (letters, digits, "
                              "underscores), not the key itself")

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .checks import at_least, choice
 
 NEW_QUESTION, REPHRASE, AUGMENT_ANSWER, AUTO = "new_question", "rephrase", "augment_answer", "auto"
 SIMILAR_QUESTION = "similar_question"  # the closed loop's: a new question like a seed (Kessler et al. 2025)
@@ -125,8 +127,7 @@ class SynthConfig:
     synth_progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
 
     def __post_init__(self):
-        if self.synth_strategy not in STRATEGY_CHOICES:
-            raise ValueError(f"synth_strategy must be one of {STRATEGY_CHOICES}, got {self.synth_strategy!r}")
+        choice("synth_strategy", self.synth_strategy, STRATEGY_CHOICES)
         if self.synth_strategy in SEEDED and not self.synth_seed_samples:
             raise ValueError(f"synth_seed_samples is required for synth_strategy={self.synth_strategy!r}")
         if self.synth_budget is not None and self.synth_budget < 1:
@@ -135,8 +136,7 @@ class SynthConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("synth_batch_size", "synth_decontam_ngram"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            at_least(name, getattr(self, name), 1)
         if not 0 <= self.synth_decontam_threshold < 1:
             raise ValueError(f"synth_decontam_threshold must be in [0, 1), got {self.synth_decontam_threshold!r}")
         if not 0 <= self.synth_grounding_min_claim_overlap <= 1:
@@ -154,18 +154,13 @@ class SynthConfig:
         if self.synth_hf_dataset is not None:
             if not self.synth_hf_dataset.strip():
                 raise ValueError("synth_hf_dataset must be a folder path, got ''")
-            if Path(self.synth_hf_dataset).is_file():
-                raise ValueError(f"synth_hf_dataset must be a folder, got the file {self.synth_hf_dataset!r}")
-            if self.synth_save_dataset and Path(self.synth_save_dataset).resolve() == Path(self.synth_hf_dataset).resolve():
+            if self.synth_save_dataset and os.path.abspath(self.synth_save_dataset) == os.path.abspath(self.synth_hf_dataset):
                 raise ValueError(f"synth_hf_dataset and synth_save_dataset must be different folders, both are "
                                  f"{self.synth_hf_dataset!r}")
         if isinstance(self.synth_eval_files, str):
             self.synth_eval_files = [p for p in self.synth_eval_files.split(",") if p]
-        for path in [self.synth_seed_samples, self.synth_blocklist_file, *self.synth_eval_files]:
-            if path and not Path(path).exists():
-                name = ("synth_seed_samples" if path == self.synth_seed_samples else
-                        "synth_blocklist_file" if path == self.synth_blocklist_file else "synth_eval_files")
-                raise ValueError(f"{name}: file not found: {path!r}")
+        # The files themselves (seed samples, blocklist, eval files, a synth_hf_dataset that is a file) are checked
+        # by preflight.check_synthesize, before a model loads: a config is values, not a disk read.
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .checks import at_least, choice, positive
+
 BACKENDS = ("template", "transformers", "openai", "vllm")
 
 
@@ -78,28 +80,21 @@ class TeacherConfig:
     )
 
     def __post_init__(self):
-        if self.teacher_backend not in BACKENDS:
-            raise ValueError(f"teacher_backend must be one of {BACKENDS}, got {self.teacher_backend!r}")
+        choice("teacher_backend", self.teacher_backend, BACKENDS)
         if self.teacher_backend in ("transformers", "vllm", "openai") and not self.teacher_model_name_or_path:
             raise ValueError(f"teacher_model_name_or_path is required for teacher_backend={self.teacher_backend!r}")
         if self.teacher_backend == "openai" and not self.teacher_base_url:
             raise ValueError("teacher_base_url is required for teacher_backend='openai'")
         for name in ("teacher_max_new_tokens", "teacher_batch_size", "teacher_concurrency",
                      "teacher_vllm_tensor_parallel_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.teacher_temperature < 0:
-            raise ValueError(f"teacher_temperature must be >= 0, got {self.teacher_temperature!r}")
+            at_least(name, getattr(self, name), 1)
+        positive("teacher_temperature", self.teacher_temperature, allow_zero=True)
         if not 0 < self.teacher_top_p <= 1:
             raise ValueError(f"teacher_top_p must be in (0, 1], got {self.teacher_top_p!r}")
-        if self.teacher_max_document_chars < 0:
-            raise ValueError(f"teacher_max_document_chars must be >= 0, got {self.teacher_max_document_chars!r}")
-        if self.teacher_timeout_s <= 0:
-            raise ValueError(f"teacher_timeout_s must be > 0, got {self.teacher_timeout_s!r}")
-        if self.teacher_max_retries < 0:
-            raise ValueError(f"teacher_max_retries must be >= 0, got {self.teacher_max_retries!r}")
-        if self.teacher_backoff_s < 0:
-            raise ValueError(f"teacher_backoff_s must be >= 0, got {self.teacher_backoff_s!r}")
+        positive("teacher_max_document_chars", self.teacher_max_document_chars, allow_zero=True)
+        positive("teacher_timeout_s", self.teacher_timeout_s)
+        positive("teacher_max_retries", self.teacher_max_retries, allow_zero=True)
+        positive("teacher_backoff_s", self.teacher_backoff_s, allow_zero=True)
         if self.teacher_breaker_window < 0:
             raise ValueError(f"teacher_breaker_window must be >= 0 (0 disables the breaker), got "
                              f"{self.teacher_breaker_window!r}")

@@ -5,8 +5,8 @@ the downstream evaluation); TRL's ``GRPOConfig``, :class:`~rubric_rl.configs.tea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from .checks import at_least, choice, positive
 from .synth import SynthConfig  # the verifier defaults: reward_* are the twins of synthesize's synth_* ones
 
 DEFAULT_TASK = (
@@ -257,31 +257,20 @@ class RubricRLArguments:
     )
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.rubric_format not in RUBRIC_FORMATS:
-            raise ValueError(f"rubric_format must be one of {RUBRIC_FORMATS}, got {self.rubric_format!r}")
-        if self.reward_if_scaling not in REWARD_SCALINGS:
-            raise ValueError(f"reward_if_scaling must be one of {REWARD_SCALINGS}, got {self.reward_if_scaling!r}")
-        if self.reward_invalid_penalty < 0:
-            raise ValueError(f"reward_invalid_penalty must be >= 0, got {self.reward_invalid_penalty!r}")
+        choice("algorithm", self.algorithm, ALGORITHMS)
+        choice("rubric_format", self.rubric_format, RUBRIC_FORMATS)
+        choice("reward_if_scaling", self.reward_if_scaling, REWARD_SCALINGS)
+        positive("reward_invalid_penalty", self.reward_invalid_penalty, allow_zero=True)
         if self.evaluate_config is not None:
             from .evaluate import parse_sources
 
-            if not Path(self.evaluate_config).is_file():
-                raise ValueError(f"evaluate_config: no such file {self.evaluate_config!r}")
             if "trained" in parse_sources(self.evaluate_sources or []):
                 raise ValueError("evaluate_sources: the name 'trained' is the generator this run trains")
-        if self.preflight_rubrics < 0:
-            raise ValueError(f"preflight_rubrics must be >= 0, got {self.preflight_rubrics!r}")
-        if self.stall_steps < 0:
-            raise ValueError(f"stall_steps must be >= 0, got {self.stall_steps!r}")
-        if self.reward_if_window < 1:
-            raise ValueError(f"reward_if_window must be >= 1, got {self.reward_if_window!r}")
-        if self.reward_if_min_rel < 0:
-            raise ValueError(f"reward_if_min_rel must be >= 0, got {self.reward_if_min_rel!r}")
-        if self.reward_novelty_weight < 0:
-            raise ValueError(f"reward_novelty_weight must be >= 0, got {self.reward_novelty_weight!r}")
+        positive("preflight_rubrics", self.preflight_rubrics, allow_zero=True)
+        positive("stall_steps", self.stall_steps, allow_zero=True)
+        at_least("reward_if_window", self.reward_if_window, 1)
+        positive("reward_if_min_rel", self.reward_if_min_rel, allow_zero=True)
+        positive("reward_novelty_weight", self.reward_novelty_weight, allow_zero=True)
         if not 0 <= self.reward_grounding_min_claim_overlap <= 1:
             raise ValueError("reward_grounding_min_claim_overlap must be in [0, 1], got "
                              f"{self.reward_grounding_min_claim_overlap!r}")
@@ -292,14 +281,11 @@ class RubricRLArguments:
         for name in ("policy_lora_r", "policy_lora_alpha", "max_document_chars", "policy_sft_batch_size",
                      "reward_decontam_ngram",
                      "policy_sft_max_documents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+            at_least(name, getattr(self, name), 1)
         if not 0 <= self.policy_init_noise < float("inf"):
             raise ValueError(f"policy_init_noise must be a finite std >= 0, got {self.policy_init_noise!r}")
-        if self.torch_num_threads < 0:
-            raise ValueError(f"torch_num_threads must be >= 0, got {self.torch_num_threads!r}")
-        if self.policy_sft_epochs <= 0:
-            raise ValueError(f"policy_sft_epochs must be > 0, got {self.policy_sft_epochs!r}")
+        positive("torch_num_threads", self.torch_num_threads, allow_zero=True)
+        positive("policy_sft_epochs", self.policy_sft_epochs)
         if not self.documents:
             raise ValueError("documents must name a documents file")
         self._check_influence_service()
@@ -321,12 +307,10 @@ class RubricRLArguments:
         if self.reward_influence_balance not in BALANCES:
             raise ValueError(f"reward_influence_balance must be one of {BALANCES}, got "
                              f"{self.reward_influence_balance!r}")
-        if self.reward_influence_timeout_s <= 0:
-            raise ValueError(f"reward_influence_timeout_s must be > 0, got {self.reward_influence_timeout_s!r}")
+        positive("reward_influence_timeout_s", self.reward_influence_timeout_s)
         for name in ("reward_influence_max_retries", "reward_influence_backoff_s", "reward_influence_breaker_window",
                      "reward_influence_wait_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            positive(name, getattr(self, name), allow_zero=True)
         if self.reward_influence_max_backoff_s < self.reward_influence_backoff_s:
             raise ValueError(f"reward_influence_max_backoff_s must be >= reward_influence_backoff_s "
                              f"({self.reward_influence_backoff_s!r}), got {self.reward_influence_max_backoff_s!r}")
