@@ -273,13 +273,10 @@ def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
 # --------------------------------------------------------------------------- main entry
 def train_verifiers(args, eval_items: list[dict] | None) -> list:
     """The RL step's verifier chain, configured as synthesize's (the ``reward_*`` verifier fields)."""
+    from .configs.synth import VerifierSettings
     from .synth.verifiers import default_verifiers
 
-    return default_verifiers(eval_items=eval_items, grounding=args.reward_grounding,
-                             grounding_min_overlap=args.reward_grounding_min_overlap,
-                             grounding_min_claim_overlap=args.reward_grounding_min_claim_overlap, safety=args.reward_safety,
-                             blocklist_file=args.reward_blocklist_file, decontam_ngram=args.reward_decontam_ngram,
-                             decontam_threshold=args.reward_decontam_threshold)
+    return default_verifiers(VerifierSettings.of(args, "reward_"), eval_items=eval_items)
 
 
 def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:

@@ -74,7 +74,7 @@ ROWS = [
                                                                      "max_length": "influence_max_length"}),
     ("rubric_rl.influence.check:objective_losses", InfluenceConfig, {"objective": "influence_objective",
                                                                      "max_length": "influence_max_length"}),
-    ("rubric_rl.synth.verifiers:default_verifiers", SynthConfig, VERIFIERS),
+    ("rubric_rl.configs.synth:VerifierSettings", SynthConfig, VERIFIERS),  # default_verifiers' settings
     ("rubric_rl.synth.pipeline:synthesize_dataset", EvalConfig, {"generator_batch_size": "eval_generator_batch_size"}),
     ("rubric_rl.data.prompts:policy_messages", R, {"max_document_chars": "max_document_chars",
                                                    "rubric_format": "rubric_format"}),
@@ -132,7 +132,14 @@ def test_each_row_reads_its_default_from_the_settings_class_not_a_literal():
         target = name.split(".")[-1]
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and node.name == target:
-                node = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+                init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+                if init is None:  # a dataclass: its fields' defaults
+                    found += [f"{spec}({n.target.id}={n.value.value!r})" for n in node.body
+                              if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                              and n.target.id in params and isinstance(n.value, ast.Constant)
+                              and n.value.value is not None]
+                    break
+                node = init
             elif not (isinstance(node, ast.FunctionDef) and node.name == target):
                 continue
             a = node.args

@@ -263,3 +263,21 @@ def test_degenerate_samples_small_teachers_write_are_rejected():
     a = "Let's think step by step. Belmozaline is used to treat migraine. This matches option (B). The answer is (B)."
     assert degenerate_reason(q) is None and degenerate_reason(a) is None
     assert degenerate_reason("Is Belmozaline or Ritenlol used to treat migraine?") is None
+
+
+def test_one_verifier_settings_for_synthesize_and_the_rl_step():
+    """synthesize's synth_* fields and the RL step's reward_* twins make the same chain through one settings type."""
+    from rubric_rl.config import RubricRLArguments
+    from rubric_rl.configs.synth import VERIFIER_FIELDS, SynthConfig, VerifierSettings
+    from rubric_rl.train import train_verifiers
+
+    assert VerifierSettings.of(SynthConfig(), "synth_") == VerifierSettings() == VerifierSettings.of(
+        RubricRLArguments(), "reward_")
+    for name in VERIFIER_FIELDS:  # every twin exists on both sides
+        assert hasattr(SynthConfig, "synth_" + name) and hasattr(RubricRLArguments, "reward_" + name)
+    args = RubricRLArguments(reward_grounding_min_overlap=0.3, reward_safety=False)
+    chain = train_verifiers(args, None)
+    grounding = [v for v in chain if isinstance(v, GroundingVerifier)]
+    assert len(grounding) == 1 and grounding[0].min_overlap == 0.3
+    assert [type(v).__name__ for v in chain] == [type(v).__name__ for v in default_verifiers(
+        VerifierSettings.of(SynthConfig(synth_grounding_min_overlap=0.3, synth_safety=False), "synth_"))]

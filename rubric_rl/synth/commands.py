@@ -52,7 +52,7 @@ from pathlib import Path
 from ..data.documents import load_chat_samples, load_documents
 from ..errors import UserError
 from ..jsonl import JsonlAppender, parse_lines, write_json_atomic
-from ..configs.synth import SynthConfig
+from ..configs.synth import SynthConfig, VerifierSettings
 from ..configs.teacher import TeacherConfig
 from . import hub
 from .dataset import save_hf_dataset
@@ -284,12 +284,7 @@ def _verifiers(cfg: SynthConfig, seeds: list[dict], paths: dict[str, Path], stat
         eval_items = load_eval_items(cfg.synth_eval_files)
     else:
         logger.warning("synthesize: no synth_eval_files: decontamination against evaluation sets is OFF")
-    verifiers = default_verifiers(grounding=cfg.synth_grounding, safety=cfg.synth_safety, eval_items=eval_items,
-                                  grounding_min_overlap=cfg.synth_grounding_min_overlap,
-                                  grounding_min_claim_overlap=cfg.synth_grounding_min_claim_overlap,
-                                  decontam_ngram=cfg.synth_decontam_ngram,
-                                  decontam_threshold=cfg.synth_decontam_threshold,
-                                  blocklist_file=cfg.synth_blocklist_file)
+    verifiers = default_verifiers(VerifierSettings.of(cfg, "synth_"), eval_items=eval_items)
     if cfg.synth_dedup:
         dedup = NearDuplicateFilter(threshold=cfg.synth_dedup_threshold, seed=cfg.synth_seed)
         for k, s in enumerate(seeds):

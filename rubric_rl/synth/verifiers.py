@@ -7,9 +7,9 @@ reward extras and the dataset provenance count.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..configs.synth import SynthConfig as S  # the one place of each verifier default (synth_*)
+from ..configs.synth import VerifierSettings  # the one place of each verifier default (synth_*)
 
 
 @dataclass
@@ -113,27 +113,25 @@ _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (hel
                       r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
 
 
-def default_verifiers(*, grounding: bool = S.synth_grounding, safety: bool = S.synth_safety,
-                      eval_items: list[dict] | None = None,
-                      grounding_min_overlap: float = S.synth_grounding_min_overlap,
-                      grounding_min_claim_overlap: float = S.synth_grounding_min_claim_overlap,
-                      decontam_ngram: int = S.synth_decontam_ngram,
-                      decontam_threshold: float = S.synth_decontam_threshold,
-                      blocklist_file: str | None = S.synth_blocklist_file) -> list:
+def default_verifiers(settings: VerifierSettings | None = None, *, eval_items: list[dict] | None = None,
+                      **overrides) -> list:
     """The standard stateless chain: format, non-triviality, grounding, safety, and decontamination when
-    ``eval_items`` (chat-format validation/test items) are given. Near-duplicate removal is stateful and
-    added separately (:class:`rubric_rl.synth.dedup.NearDuplicateFilter`)."""
+    ``eval_items`` (chat-format validation/test items) are given, configured by ``settings`` (default:
+    ``VerifierSettings()``, synthesize's defaults) with ``overrides`` (its field names) on top. Near-duplicate
+    removal is stateful and added separately (:class:`rubric_rl.synth.dedup.NearDuplicateFilter`)."""
     from .decontam import Decontaminator
     from .grounding import GroundingVerifier
     from .safety import SafetyVerifier
 
+    v = replace(settings or VerifierSettings(), **overrides)
     chain: list = [FormatVerifier(), NonTrivialVerifier()]
-    if grounding:
-        chain.append(GroundingVerifier(min_overlap=grounding_min_overlap, min_claim_overlap=grounding_min_claim_overlap))
-    if safety:
-        chain.append(SafetyVerifier(blocklist_file=blocklist_file))
+    if v.grounding:
+        chain.append(GroundingVerifier(min_overlap=v.grounding_min_overlap,
+                                       min_claim_overlap=v.grounding_min_claim_overlap))
+    if v.safety:
+        chain.append(SafetyVerifier(blocklist_file=v.blocklist_file))
     if eval_items:
-        chain.append(Decontaminator(eval_items, ngram=decontam_ngram, threshold=decontam_threshold))
+        chain.append(Decontaminator(eval_items, ngram=v.decontam_ngram, threshold=v.decontam_threshold))
     return chain
 
 
