@@ -273,8 +273,7 @@ def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
 # --------------------------------------------------------------------------- main entry
 def train_verifiers(args, eval_items: list[dict] | None) -> list:
     """The RL step's verifier chain, configured as synthesize's (the ``reward_*`` verifier fields)."""
-    from .configs.synth import VerifierSettings
-    from .synth.verifiers import default_verifiers
+    from .synth.verifiers import VerifierSettings, default_verifiers
 
     return default_verifiers(VerifierSettings.of(args, "reward_"), eval_items=eval_items)
 

@@ -74,7 +74,7 @@ ROWS = [
                                                                      "max_length": "influence_max_length"}),
     ("rubric_rl.influence.check:objective_losses", InfluenceConfig, {"objective": "influence_objective",
                                                                      "max_length": "influence_max_length"}),
-    ("rubric_rl.configs.synth:VerifierSettings", SynthConfig, VERIFIERS),  # default_verifiers' settings
+    ("rubric_rl.synth.verifiers:VerifierSettings", SynthConfig, VERIFIERS),  # default_verifiers' settings
     ("rubric_rl.synth.pipeline:synthesize_dataset", EvalConfig, {"generator_batch_size": "eval_generator_batch_size"}),
     ("rubric_rl.data.prompts:policy_messages", R, {"max_document_chars": "max_document_chars",
                                                    "rubric_format": "rubric_format"}),

@@ -268,7 +268,8 @@ def test_degenerate_samples_small_teachers_write_are_rejected():
 def test_one_verifier_settings_for_synthesize_and_the_rl_step():
     """synthesize's synth_* fields and the RL step's reward_* twins make the same chain through one settings type."""
     from rubric_rl.config import RubricRLArguments
-    from rubric_rl.configs.synth import VERIFIER_FIELDS, SynthConfig, VerifierSettings
+    from rubric_rl.configs.synth import SynthConfig
+    from rubric_rl.synth.verifiers import VERIFIER_FIELDS, VerifierSettings
     from rubric_rl.train import train_verifiers
 
     assert VerifierSettings.of(SynthConfig(), "synth_") == VerifierSettings() == VerifierSettings.of(

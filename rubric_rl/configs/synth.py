@@ -164,29 +164,6 @@ class SynthConfig:
 
 
 
-VERIFIER_FIELDS = ("grounding", "grounding_min_overlap", "grounding_min_claim_overlap", "safety", "blocklist_file",
-                   "decontam_ngram", "decontam_threshold")
-
-
-@dataclass(frozen=True)
-class VerifierSettings:
-    """One verifier chain's settings, shared by ``synthesize`` (the ``synth_*`` fields) and the RL step (their
-    ``reward_*`` twins): :func:`rubric_rl.synth.verifiers.default_verifiers` builds the chain from it. The defaults
-    are ``SynthConfig``'s."""
-
-    grounding: bool = SynthConfig.synth_grounding
-    grounding_min_overlap: float = SynthConfig.synth_grounding_min_overlap
-    grounding_min_claim_overlap: float = SynthConfig.synth_grounding_min_claim_overlap
-    safety: bool = SynthConfig.synth_safety
-    blocklist_file: str | None = SynthConfig.synth_blocklist_file
-    decontam_ngram: int = SynthConfig.synth_decontam_ngram
-    decontam_threshold: float = SynthConfig.synth_decontam_threshold
-
-    @classmethod
-    def of(cls, cfg, prefix: str) -> "VerifierSettings":
-        """The settings a config holds under ``prefix`` (``"synth_"`` or ``"reward_"``)."""
-        return cls(**{name: getattr(cfg, prefix + name) for name in VERIFIER_FIELDS})
-
 @dataclass
 class SynthArguments:
     _argument_group_name = "synthesize: rubric source, documents, output"

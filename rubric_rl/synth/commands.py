@@ -52,7 +52,7 @@ from pathlib import Path
 from ..data.documents import load_chat_samples, load_documents
 from ..errors import UserError
 from ..jsonl import JsonlAppender, parse_lines, write_json_atomic
-from ..configs.synth import SynthConfig, VerifierSettings
+from ..configs.synth import SynthConfig
 from ..configs.teacher import TeacherConfig
 from . import hub
 from .dataset import save_hf_dataset
@@ -60,7 +60,7 @@ from .dedup import NearDuplicateFilter
 from .engine import SampleSynthesizer, SynthItem
 from .pipeline import Cursor, ItemPlanner, RubricSource, RubricStream, run_items
 from .strategies import NEW_QUESTION, choose_strategy
-from .verifiers import default_verifiers
+from .verifiers import VerifierSettings, default_verifiers
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from ..configs.synth import VerifierSettings  # the one place of each verifier default (synth_*)
+from ..configs.synth import SynthConfig as S  # the one place of each verifier default (synth_*)
 
 
 @dataclass
@@ -112,6 +112,29 @@ def degenerate_reason(text: str) -> str | None:
 _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|answer|assist|provide|write)|"
                       r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
 
+
+VERIFIER_FIELDS = ("grounding", "grounding_min_overlap", "grounding_min_claim_overlap", "safety", "blocklist_file",
+                   "decontam_ngram", "decontam_threshold")
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    """One verifier chain's settings, shared by ``synthesize`` (the ``synth_*`` fields) and the RL step (their
+    ``reward_*`` twins): :func:`rubric_rl.synth.verifiers.default_verifiers` builds the chain from it. The defaults
+    are ``SynthConfig``'s (``S``)."""
+
+    grounding: bool = S.synth_grounding
+    grounding_min_overlap: float = S.synth_grounding_min_overlap
+    grounding_min_claim_overlap: float = S.synth_grounding_min_claim_overlap
+    safety: bool = S.synth_safety
+    blocklist_file: str | None = S.synth_blocklist_file
+    decontam_ngram: int = S.synth_decontam_ngram
+    decontam_threshold: float = S.synth_decontam_threshold
+
+    @classmethod
+    def of(cls, cfg, prefix: str) -> "VerifierSettings":
+        """The settings a config holds under ``prefix`` (``"synth_"`` or ``"reward_"``)."""
+        return cls(**{name: getattr(cfg, prefix + name) for name in VERIFIER_FIELDS})
 
 def default_verifiers(settings: VerifierSettings | None = None, *, eval_items: list[dict] | None = None,
                       **overrides) -> list:
