@@ -42,18 +42,10 @@ def _setup_logging():
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _quiet_warnings() -> None:
-    """Warnings a user can do nothing about: transformers' rename of gradient_checkpointing (TRL passes the
-    old name), and runpy's note when ``python -m rubric_rl.cli`` is used under accelerate launch."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*found in sys.modules after import of package", category=RuntimeWarning)
-
-
 def main(argv: list[str] | None = None) -> None:
-    _quiet_warnings()
+    from .launch import quiet_warnings
+
+    quiet_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)

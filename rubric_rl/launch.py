@@ -1,9 +1,10 @@
-"""Runs of several processes (``accelerate launch``, ``torchrun``): this process's place in the launch, read off the
-launcher's environment before any process group exists; its console (:func:`setup_logging`: a launched run's log
-says each thing once, rank 0's; the other ranks show their warnings and errors, marked ``[rank K]``); the
-environment of a single-process child (a stage that must run once, exactly as in a one-process run, while the
-launched processes wait: the target's warm-up, the policy's SFT warm start); waiting for the file such a child
-writes (no collective, so a long stage cannot time out the process group).
+"""A rubric-rl process and the others of its launch (``accelerate launch``, ``torchrun``): its place in the launch,
+read off the launcher's environment before any process group exists; its console (:func:`setup_logging`: a launched
+run's log says each thing once, rank 0's, and the other ranks show their warnings and errors, marked ``[rank K]``;
+:func:`quiet_warnings`); the environment of a single-process child (a stage that must run once, exactly as in a
+one-process run, while the launched processes wait: the target's warm-up, the policy's SFT warm start); waiting for
+the file such a child writes (no collective, so a long stage cannot time out the process group); counts summed over
+the processes (:func:`all_gather_objects`, :func:`sum_counts`).
 
 The bottom floor: imports nothing of the package.
 """
@@ -73,16 +74,31 @@ def replica_level(level: int | str, rank: int) -> int:
 def setup_logging(level: int | str | None = None, environ: Mapping[str, str] | None = None) -> int:
     """The console of a rubric-rl process (``level``: ``RUBRIC_RL_LOG_LEVEL``, INFO by default; the lines of
     :func:`log_format`). On a rank other than 0 of a launch, rubric-rl's loggers (the phase banners of
-    :mod:`rubric_rl.progress` included) and the root logger show warnings and errors only, so that each line of a
-    launched run is printed once. Returns this process's rank."""
+    :mod:`rubric_rl.progress` included) and the root logger show warnings and errors only, and the hub's and
+    transformers' progress bars are off (``HF_HUB_DISABLE_PROGRESS_BARS``, unless set; before they are imported),
+    so that each line of a launched run is printed once. Returns this process's rank."""
     env = os.environ if environ is None else environ
     rank = process_rank(env)
     level = replica_level(level or env.get("RUBRIC_RL_LOG_LEVEL", "INFO"), rank)
     logging.basicConfig(level=level, format=log_format(rank), datefmt="%H:%M:%S")
+    if rank and environ is None:  # the hub's and transformers' bars (loading weights...): rank 0's are enough
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if rank:  # also where the root logger was configured before (basicConfig then does nothing)
         package = logging.getLogger("rubric_rl")
         package.setLevel(max(package.getEffectiveLevel(), level))
     return rank
+
+
+def quiet_warnings() -> None:
+    """Warnings a user can do nothing about, off in every rubric-rl process (the command and its single-process
+    children): transformers' rename of gradient_checkpointing (TRL passes the old name), and runpy's note when
+    ``python -m rubric_rl.cli`` is used under accelerate launch."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*found in sys.modules after import of package",
+                            category=RuntimeWarning)
 
 
 def single_process_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

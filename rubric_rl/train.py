@@ -454,8 +454,9 @@ def format_summary(summary: dict) -> str:
 
 if __name__ == "__main__":  # the SFT warm start's single-process child: python -m rubric_rl.train ARGV
     from rubric_rl.commands.train import make_parser
-    from rubric_rl.launch import setup_logging
+    from rubric_rl.launch import quiet_warnings, setup_logging
 
+    quiet_warnings()
     setup_logging()
     _parsed = make_parser().parse_args(sys.argv[1:])
     warm_start_alone(_parsed[0], _parsed[1])

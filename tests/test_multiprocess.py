@@ -66,6 +66,8 @@ logging.getLogger("rubric_rl.train").info("48 documents -> 48 policy prompts")
 logging.getLogger("rubric_rl.train").warning("only 1/8 rubrics parse")
 logging.getLogger("somelib").info("a library's info")
 logging.getLogger("rubric_rl.reward").error("a failure")
+import os
+print(os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"))
 """
 
 
@@ -76,8 +78,11 @@ def test_a_launched_run_logs_once(rank):
     env = {k: v for k, v in os.environ.items() if k not in launch.DIST_ENV_NAMES}
     env.update({"PYTHONPATH": str(ROOT), **({"RANK": rank, "WORLD_SIZE": "2"} if rank else {})})
     env.pop("RUBRIC_RL_LOG_LEVEL", None)
-    err = subprocess.run([sys.executable, "-c", LOG_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stderr.splitlines()
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    res = subprocess.run([sys.executable, "-c", LOG_SCRIPT], env=env, capture_output=True, text=True, timeout=60,
+                         check=True)
+    err = res.stderr.splitlines()
+    assert res.stdout.strip() == ("1" if rank == "1" else "None")  # no hub/transformers bars on the other ranks
     if rank == "1":
         assert [line.split(" ", 1)[1] for line in err] == [
             "[rank 1] WARNING rubric_rl.train: only 1/8 rubrics parse", "[rank 1] ERROR rubric_rl.reward: a failure"]

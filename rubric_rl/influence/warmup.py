@@ -514,8 +514,9 @@ def _main(argv=None) -> None:  # the subprocess entry point
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--run-dir", required=True)
     ns = ap.parse_args(argv)
-    from ..launch import setup_logging
+    from ..launch import quiet_warnings, setup_logging
 
+    quiet_warnings()
     setup_logging()  # the parent's console format
     cfg = InfluenceConfig(**json.loads(ns.config_json))
     wdir = warmup_dir(ns.run_dir)
