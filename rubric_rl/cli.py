@@ -34,25 +34,18 @@ RUBRIC_RL_DEBUG=1) shows the traceback instead.
 
 
 def _setup_logging():
+    from .launch import setup_logging
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=os.environ.get("RUBRIC_RL_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()  # under a launcher: rank 0 logs; the other ranks only their warnings and errors, marked
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _quiet_warnings() -> None:
-    """Warnings a user can do nothing about: transformers' rename of gradient_checkpointing (TRL passes the
-    old name), and runpy's note when ``python -m rubric_rl.cli`` is used under accelerate launch."""
-    import warnings
-
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*found in sys.modules after import of package", category=RuntimeWarning)
-
-
 def main(argv: list[str] | None = None) -> None:
-    _quiet_warnings()
+    from .launch import quiet_warnings
+
+    quiet_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -87,30 +80,33 @@ def run_command(name: str, command, argv: list[str]) -> None:
     --debug / RUBRIC_RL_DEBUG=1."""
     from .errors import (EXIT_DISK_FULL, EXIT_NOTHING_PRODUCED, EXIT_SERVICE_UNAVAILABLE, EXIT_USER_ERROR,
                          InfluenceUnavailable, TrainingStalled, UserError, debug_enabled, is_disk_full, one_line)
+    from .launch import rank_prefix
     from .teachers.base import TeacherUnavailable
+
+    who = f"{rank_prefix()}rubric-rl {name}"  # "[rank K] rubric-rl CMD: error: ..." on a launch's other ranks
 
     try:
         status = command(argv)
     except UserError as err:
         if debug_enabled():
             raise
-        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{who}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR) from None
     except (TeacherUnavailable, InfluenceUnavailable) as err:
         if debug_enabled():
             raise
-        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{who}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_SERVICE_UNAVAILABLE) from None
     except TrainingStalled as err:
         if debug_enabled():
             raise
-        print(f"rubric-rl {name}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{who}: error: {one_line(err)}", file=sys.stderr)
         raise SystemExit(EXIT_NOTHING_PRODUCED) from None
     except OSError as err:
         if debug_enabled() or not is_disk_full(err):
             raise
         where = f" writing {err.filename}" if err.filename else ""
-        print(f"rubric-rl {name}: error: disk full{where} ({one_line(err.strerror or err)}); what was written up to "
+        print(f"{who}: error: disk full{where} ({one_line(err.strerror or err)}); what was written up to "
               "the last checkpoint is kept: free space and rerun the same command to resume", file=sys.stderr)
         raise SystemExit(EXIT_DISK_FULL) from None
     if status:  # a command's own exit status (synthesize with nothing accepted: 1)

@@ -161,10 +161,18 @@ def centred_novelty(novelty: list[float | None], groups: list) -> list[float | N
 
 @dataclass
 class RewardStats:
-    """Counts since the start of the run (all outcomes, by reason)."""
+    """This process's counts since its start (all outcomes, by reason)."""
 
     outcomes: Counter = field(default_factory=Counter)
     calls: int = 0  # reward calls of this process
+    logged: Counter = field(default_factory=Counter)  # ``outcomes`` as they were at the last since_last_log()
+
+    def since_last_log(self) -> dict[str, int]:
+        """The outcomes counted since the previous call (since the start, at the first), nonzero ones, in the
+        order of ``outcomes``; then marks this call (``metrics.jsonl``'s per-step ``outcomes``)."""
+        new = {k: n - self.logged[k] for k, n in self.outcomes.items() if n - self.logged[k]}
+        self.logged = Counter(self.outcomes)
+        return new
 
 
 class InfluenceReward:

@@ -12,8 +12,10 @@ folder in order::
       influence_cache/        validation gradients per checkpoint, reused on rerun
                               (neither with reward_influence_url: `rubric-rl serve-influence` holds them)
       checkpoint-N/           GRPO checkpoints (resume with --resume_from_checkpoint)
-      metrics.jsonl           one object per logging step (whatever report_to says)
-      rollouts.jsonl          every rollout: rubric, outcome, influence, reward, sample
+      metrics.jsonl           one object per logging step (whatever report_to says); its outcome counts are
+                              of every process
+      rollouts.jsonl          every rollout: rubric, outcome, influence, reward, sample (rank 0's, under a
+      rollouts.rank<K>.jsonl  launcher; each other rank K writes its own)
       model files             the final policy
       export/                 the standalone rubric generator (see rubric_rl.export)
 
@@ -27,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,17 +42,22 @@ from . import wandb_log
 from .devices import fork_rng
 from .errors import UserError
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
+from .launch import all_gather_objects, sum_counts
 from .progress import phase, quiet_trainer_logs
 from .provenance import provenance
 from .rundir import resume_arg, prepare_output_dir
+from .warmstart import policy_peft_config, sft_warmstart, warm_start_once
 
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- logging callbacks
 class MetricsJsonlCallback(TrainerCallback):
-    """Writes OUTPUT_DIR/metrics.jsonl: one object per logging step, main process only.
+    """Writes OUTPUT_DIR/metrics.jsonl: one object per logging step, by the main process.
 
+    ``outcomes``: the rollouts scored since the previous line (this step's, with ``logging_steps: 1``) by outcome,
+    summed over every process; ``outcomes_total``: the same since the start of this process (the run, unless it was
+    resumed), over every process. Every process takes part in gathering them (one collective per logged step).
     On resume, lines past the checkpoint's step are dropped first, so the file never holds a step twice.
     """
 
@@ -69,13 +77,23 @@ class MetricsJsonlCallback(TrainerCallback):
             self.reward.restore_scaler_from_log()  # a resumed run scales influence as the uninterrupted one
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs or "reward" not in logs:
+        if not logs or "reward" not in logs:  # the same logs on every process (TRL's metrics are gathered)
+            return
+        counts = outcome_counts(self.reward.stats) if self.reward is not None else {}
+        if not state.is_world_process_zero:
             return
         row = {"step": state.global_step, **{k: logs.get(k) for k in self.REQUIRED}}
         row.update({k: v for k, v in logs.items() if k not in row and isinstance(v, int | float | str)})
-        if self.reward is not None:
-            row["outcomes"] = dict(self.reward.stats.outcomes)
+        row.update(counts)
         append_jsonl(self.path, [row], ensure_ascii=True)
+
+
+def outcome_counts(stats) -> dict:
+    """``{"outcomes": since the last logged step, "outcomes_total": since the start}``, each summed over every
+    process (a collective: every process calls it at the same step)."""
+    mine = (stats.since_last_log(), dict(stats.outcomes))
+    every = all_gather_objects(mine)
+    return {"outcomes": sum_counts(c[0] for c in every), "outcomes_total": sum_counts(c[1] for c in every)}
 
 
 class StallGuard(TrainerCallback):
@@ -145,15 +163,6 @@ def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -
     return {"steps": len(values), "window": k, "first_mean": first, "last_mean": last, "delta": last - first}
 
 
-def _policy_peft_config(args):
-    if not args.policy_use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(r=args.policy_lora_r, lora_alpha=args.policy_lora_alpha, lora_dropout=0.0,
-                      target_modules=args.policy_lora_target_modules or "all-linear", task_type="CAUSAL_LM")
-
-
 def rl_trainer_class(args, grpo_args):
     """The TRL trainer class and its config for ``args.algorithm`` (RLOO reuses the shared GRPO fields)."""
     if args.algorithm == "grpo":
@@ -166,70 +175,15 @@ def rl_trainer_class(args, grpo_args):
     return RLOOTrainer, RLOOConfig(**kwargs)
 
 
-def warmstart_spec(args, grpo_args) -> dict:
-    """What the SFT warm start depends on: a finished one whose ``warmstart_args.json`` equals it is reused."""
-    spec = {"policy": args.policy_model_name_or_path, "seed_rubrics": args.seed_rubrics,
-            "epochs": args.policy_sft_epochs, "lr": args.policy_sft_learning_rate,
-            "batch_size": args.policy_sft_batch_size, "max_documents": args.policy_sft_max_documents,
-            "max_document_chars": args.max_document_chars, "seed": grpo_args.seed, "task": args.task_description,
-            "documents": args.documents, "rubric_format": args.rubric_format,
-            "lora": [args.policy_lora_r, args.policy_lora_alpha] if args.policy_use_peft else None}
-    if args.policy_init_noise:  # only when set: warm starts made before the field existed stay reusable
-        spec["init_noise"] = [args.policy_init_noise, args.policy_init_noise_seed]
-    return spec
+def warm_start_alone(args, grpo_args) -> None:
+    """The single-process child of ``warmstart.warm_start_once`` (``python -m rubric_rl.train ARGV``): the SFT warm
+    start of the run ARGV describes, made exactly as a one-process ``train`` makes it (the same set-up and
+    :func:`load_policy`), written to ``OUTPUT_DIR/sft_warmstart/`` with its marker; nothing else."""
+    from .data.documents import load_documents
 
-
-def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path):
-    """Fine-tune the policy on (policy prompt, seed rubric) pairs; reuses a finished warm start."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from .data.documents import load_rubric_file
-    from .data.prompts import policy_messages
-    from .models import load_causal_lm
-
-    target = output_dir / "sft_warmstart"
-    spec = warmstart_spec(args, grpo_args)
-    marker = target / "warmstart_args.json"
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        logger.info("reusing SFT warm start in %s", target)
-        wandb_log.log_stage("sft_warmstart", wandb_log.trainer_log_history(target), reused=True)
-        return load_causal_lm(str(target), tokenizer, dtype=torch.float32)
-    if not args.seed_rubrics:
-        raise ValueError("policy_sft_warmstart needs seed_rubrics (a JSON list of rubrics)")
-    rubrics = load_rubric_file(args.seed_rubrics)
-    rows = [
-        {"prompt": policy_messages(d["text"], args.task_description, args.max_document_chars, args.rubric_format),
-         "completion": [{"role": "assistant", "content": r.as_completion(args.rubric_format)}]}
-        for d in documents[: args.policy_sft_max_documents] for r in rubrics
-    ]
-    sft_args = SFTConfig(
-        output_dir=str(target), num_train_epochs=args.policy_sft_epochs,
-        learning_rate=args.policy_sft_learning_rate, per_device_train_batch_size=args.policy_sft_batch_size,
-        lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=10, save_strategy="no", report_to="none",
-        seed=grpo_args.seed, use_cpu=grpo_args.use_cpu, bf16=grpo_args.bf16, max_length=None,
-        disable_tqdm=grpo_args.disable_tqdm, dataloader_num_workers=0,
-    )
-    # With policy_use_peft the warm start is a LoRA fine-tune too (merged into the weights afterwards, so that
-    # GRPO starts its own adapter on top); without it, a full fine-tune.
-    trainer = SFTTrainer(model=model, args=sft_args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, peft_config=_policy_peft_config(args))
-    quiet_trainer_logs(trainer)
-    phase("policy SFT warm start", f"{len(rows)} (prompt, seed rubric) pairs, {args.policy_sft_epochs} epochs"
-          f"{', LoRA' if args.policy_use_peft else ''}")
-    trainer.train()
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(str(target))
-        tokenizer.save_pretrained(str(target))
-        (target / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        marker.write_text(json.dumps(spec, indent=1))
-        wandb_log.log_stage("sft_warmstart", trainer.state.log_history, reused=False)
-    trainer.accelerator.wait_for_everyone()
-    del trainer
-    return model
+    state, output_dir = _start_process(args, grpo_args)
+    documents = load_documents(args.documents, text_field=args.document_text_field)
+    load_policy(args, grpo_args, documents, output_dir, state)
 
 
 def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
@@ -278,28 +232,21 @@ def train_verifiers(args, eval_items: list[dict] | None) -> list:
     return default_verifiers(VerifierSettings.of(args, "reward_"), eval_items=eval_items)
 
 
-def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
-    """Run the whole job; returns a summary (export path, reward first vs last 20%)."""
-    from accelerate import PartialState
-    from transformers import set_seed
-
+def train(args, grpo_args, teacher_cfg, influence_cfg, argv: list[str] | None = None) -> dict:
+    """Run the whole job; returns a summary (export path, reward first vs last 20%). ``argv``: the command line the
+    arguments were parsed from (a launched run's SFT warm start runs it in one process, ``warmstart.warm_start_once``).
+    """
     from .data.documents import load_documents
     from .data.prompts import build_prompt_dataset
 
     made_by = provenance()  # at the start: the code that runs, not the HEAD at the end
-    _ = grpo_args.device  # let TrainingArguments set up the process group (cpu/gloo, nccl, ...) first
-    state = PartialState()
-    output_dir = Path(grpo_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(grpo_args.seed)
-    if args.torch_num_threads:
-        torch.set_num_threads(args.torch_num_threads)
+    state, output_dir = _start_process(args, grpo_args)
     _prepare_run_folder(args, grpo_args, teacher_cfg, influence_cfg, state, output_dir)
 
     documents = load_documents(args.documents, text_field=args.document_text_field)
     dataset = build_prompt_dataset(documents, args.task_description, args.max_document_chars, args.rubric_format)
     logger.info("%d documents -> %d policy prompts", len(documents), len(dataset))
-    tokenizer, model = load_policy(args, grpo_args, documents, output_dir)
+    tokenizer, model = load_policy(args, grpo_args, documents, output_dir, state, argv)
     preflight = preflight_parse_rate(args, grpo_args, model, tokenizer, documents)
     service = prepare_influence(args, influence_cfg, output_dir)
     reward = build_reward(args, teacher_cfg, influence_cfg, documents, output_dir, state, service)
@@ -312,12 +259,13 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
     state.wait_for_everyone()
 
     trainer = _run_trainer(args, grpo_args, model, tokenizer, dataset, reward, output_dir, resume)
+    outcomes = sum_counts(all_gather_objects(dict(reward.stats.outcomes)))  # every process's rollouts
     state.wait_for_everyone()
     if state.is_main_process:
         _refuse_a_run_without_valid_rollouts(output_dir)
     summary = {"output_dir": str(output_dir), "reward": reward_summary(output_dir / "metrics.jsonl"),
                "influence": reward_summary(output_dir / "metrics.jsonl", key="influence_mean"),
-               "outcomes": dict(reward.stats.outcomes), "preflight": preflight,
+               "outcomes": outcomes, "preflight": preflight,
                "global_step": trainer.state.global_step, **made_by}
     if service is not None:
         summary["influence_service"] = service.describe()  # this process's requests
@@ -326,6 +274,22 @@ def train(args, grpo_args, teacher_cfg, influence_cfg) -> dict:
         _export(output_dir, summary)
     state.wait_for_everyone()
     return summary
+
+
+def _start_process(args, grpo_args):
+    """This process's accelerate state and the run folder, then the seed and the thread count: what ``train`` (and
+    the warm start's single-process child, the same way) sets up before anything loads."""
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    _ = grpo_args.device  # let TrainingArguments set up the process group (cpu/gloo, nccl, ...) first
+    state = PartialState()
+    output_dir = Path(grpo_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(grpo_args.seed)
+    if args.torch_num_threads:
+        torch.set_num_threads(args.torch_num_threads)
+    return state, output_dir
 
 
 def _prepare_run_folder(args, grpo_args, teacher_cfg, influence_cfg, state, output_dir: Path) -> None:
@@ -340,12 +304,14 @@ def _prepare_run_folder(args, grpo_args, teacher_cfg, influence_cfg, state, outp
     wandb_log.start_run(args, grpo_args, teacher_cfg, influence_cfg, is_main_process=state.is_main_process)
 
 
-def load_policy(args, grpo_args, documents: list[dict], output_dir: Path):
+def load_policy(args, grpo_args, documents: list[dict], output_dir: Path, state=None, argv: list[str] | None = None):
     """The policy's tokenizer and model: loaded, with ``policy_init_noise`` added, then SFT warm-started on the seed
-    rubrics (``policy_sft_warmstart``)."""
+    rubrics (``policy_sft_warmstart``; with several processes made once, in one: ``warmstart.warm_start_once``)."""
     from .models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(args.policy_model_name_or_path, trust_remote_code=args.policy_trust_remote_code)
+    made_by_child = bool(args.policy_sft_warmstart and state is not None and state.num_processes > 1
+                         and warm_start_once(args, grpo_args, output_dir, state, argv))
     model = load_causal_lm(args.policy_model_name_or_path, tokenizer, dtype=args.policy_dtype,
                            trust_remote_code=args.policy_trust_remote_code)
     if args.policy_init_noise:
@@ -355,7 +321,7 @@ def load_policy(args, grpo_args, documents: list[dict], output_dir: Path):
         logger.info("policy_init_noise: N(0, %g) added to %d policy weights (noise seed %d)", args.policy_init_noise,
                     n, args.policy_init_noise_seed)
     if args.policy_sft_warmstart:
-        model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir)
+        model = sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir, made_by_child=made_by_child)
     return tokenizer, model
 
 
@@ -430,7 +396,7 @@ def _run_trainer(args, grpo_args, model, tokenizer, dataset, reward, output_dir:
     trainer_cls, rl_args = rl_trainer_class(args, grpo_args)
     trainer = trainer_cls(
         model=model, reward_funcs=[reward], args=rl_args, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=_policy_peft_config(args),
+        peft_config=policy_peft_config(args),
         callbacks=[MetricsJsonlCallback(output_dir / "metrics.jsonl", reward), InfluenceHistogramCallback(reward),
                    StallGuard(args.stall_steps)],
     )
@@ -481,3 +447,12 @@ def format_summary(summary: dict) -> str:
     lines.append(f"Run folder: {summary['output_dir']} (metrics.jsonl, rollouts.jsonl, checkpoints)")
     return "\n".join(lines)
 
+
+if __name__ == "__main__":  # the SFT warm start's single-process child: python -m rubric_rl.train ARGV
+    from rubric_rl.commands.train import make_parser
+    from rubric_rl.launch import quiet_warnings, setup_logging
+
+    quiet_warnings()
+    setup_logging()
+    _parsed = make_parser().parse_args(sys.argv[1:])
+    warm_start_alone(_parsed[0], _parsed[1])

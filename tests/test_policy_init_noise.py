@@ -54,7 +54,7 @@ def test_a_bad_std_is_refused_naming_the_field(value):
 
 
 def test_the_noise_is_part_of_what_the_run_computes():
-    from rubric_rl.train import warmstart_spec
+    from rubric_rl.warmstart import warmstart_spec
 
     grpo = SimpleNamespace(seed=0)
     plain = warmstart_spec(RubricRLArguments(), grpo)

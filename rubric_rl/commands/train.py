@@ -21,7 +21,7 @@ def run(args) -> int:
     from ..wandb_log import finish
 
     check_train(rl_args, grpo_args, teacher_cfg, influence_cfg)
-    summary = train(rl_args, grpo_args, teacher_cfg, influence_cfg)
+    summary = train(rl_args, grpo_args, teacher_cfg, influence_cfg, getattr(args, "argv", None))  # argv: see train
     if summary.get("export_dir"):  # the main process
         print(format_summary(summary))
         if rl_args.evaluate_config:

@@ -21,7 +21,7 @@ a single process writes, byte for byte.
   is stale (an earlier run's): the automatic merge waits for it to be replaced, ``--merge`` refuses it.
 
 Under ``accelerate launch``/``torchrun`` (``WORLD_SIZE`` > 1) the shard is the process's ``RANK`` and its
-device ``cuda:LOCAL_RANK`` (:func:`launched`, :func:`launch_device`); there is no collective, as in the
+device ``cuda:LOCAL_RANK`` (:func:`rubric_rl.launch.launched`, :func:`launch_device`); there is no collective, as in the
 warm-up (which rank 0 runs while the others wait).
 """
 
@@ -38,6 +38,7 @@ from pathlib import Path
 from ..configs.influence import InfluenceConfig
 from ..errors import UserError
 from ..jsonl import replace_atomic, write_text_atomic
+from ..launch import launched  # re-exported: score's launcher check
 from ..provenance import file_sha256
 
 logger = logging.getLogger("rubric_rl.influence.scorer")
@@ -45,15 +46,6 @@ logger = logging.getLogger("rubric_rl.influence.scorer")
 SHARD_FORMAT = 1
 _KIND = "rubric_rl_score_shard"
 _NOT_DEFINING = {"influence_device"}  # shards may run on different devices
-
-
-def launched() -> tuple[int, int, int] | None:
-    """``(world size, rank, local rank)`` under a launcher that started more than one process, else None."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None
-    rank = int(os.environ.get("RANK", "0") or 0)
-    return world, rank, int(os.environ.get("LOCAL_RANK", str(rank)) or rank)
 
 
 def launch_device(cfg: InfluenceConfig) -> str | None:

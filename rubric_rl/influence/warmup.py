@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from transformers import TrainerCallback
 from ..data.chat import IGNORE_INDEX, tokenize_chat
 from ..data.documents import load_chat_samples
 from ..jsonl import write_json_atomic
+from ..launch import launched, single_process_env, wait_until
 from ..configs.influence import InfluenceConfig
 from ..provenance import file_sha256
 
@@ -125,12 +124,6 @@ def _check_reusable(cfg: InfluenceConfig, saved: dict, wdir: Path) -> None:
         )
 
 
-def _is_distributed() -> tuple[bool, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return world > 1, rank
-
-
 def _accelerate_states() -> tuple[bool, bool]:
     """(a PartialState exists, an AcceleratorState exists) in this process."""
     try:
@@ -139,11 +132,6 @@ def _accelerate_states() -> tuple[bool, bool]:
         return bool(PartialState._shared_state), bool(AcceleratorState._shared_state)
     except Exception:  # pragma: no cover
         return False, False
-
-
-_DIST_ENV_PREFIXES = ("TORCHELASTIC_", "ACCELERATE_", "FSDP_", "DEEPSPEED_", "TORCH_NCCL_", "NCCL_ASYNC")
-_DIST_ENV_NAMES = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                   "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
@@ -169,8 +157,8 @@ def run_warmup(cfg: InfluenceConfig, run_dir: str | Path, *, progress: bool = Tr
                     "output_dir, or deleting the folder, trains a new one)", wdir)
         return wdir
 
-    distributed, rank = _is_distributed()
-    if distributed and rank != 0:
+    distributed = launched()  # (world, rank, local rank) under a launcher, else None
+    if distributed and distributed[1] != 0:
         return _wait_for_warmup(cfg, wdir)
 
     if cfg.warmup_data is None:
@@ -198,23 +186,14 @@ def wait_for_warmup(cfg: InfluenceConfig, run_dir: str | Path) -> Path:
 
 
 def _wait_for_warmup(cfg: InfluenceConfig, wdir: Path, poll_s: float = 2.0) -> Path:
-    start = time.monotonic()
-    last_log = start
-    while (saved := _read_args(wdir)) is None:
-        time.sleep(poll_s)
-        if time.monotonic() - last_log > 60:
-            last_log = time.monotonic()
-            logger.info("waiting for rank 0 (or shard 0) to finish the warm-up in %s (%.0f s)", wdir,
-                        last_log - start)
+    saved = wait_until(lambda: _read_args(wdir), f"rank 0 (or shard 0) to finish the warm-up in {wdir}",
+                       poll_s=poll_s, logger=logger)
     _check_reusable(cfg, saved, wdir)
     return wdir
 
 
 def _run_warmup_subprocess(cfg: InfluenceConfig, run_dir: str | Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in _DIST_ENV_NAMES and not k.startswith(_DIST_ENV_PREFIXES)}
-    pkg_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
+    env = single_process_env()
     cmd = [sys.executable, "-m", "rubric_rl.influence.warmup", "--config-json", json.dumps(asdict(cfg)),
            "--run-dir", str(run_dir)]
     logger.info("running the warm-up in a single-process subprocess")
@@ -535,10 +514,10 @@ def _main(argv=None) -> None:  # the subprocess entry point
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--run-dir", required=True)
     ns = ap.parse_args(argv)
-    import os
+    from ..launch import quiet_warnings, setup_logging
 
-    logging.basicConfig(level=os.environ.get("RUBRIC_RL_LOG_LEVEL", "INFO"),  # the parent's console format
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_warnings()
+    setup_logging()  # the parent's console format
     cfg = InfluenceConfig(**json.loads(ns.config_json))
     wdir = warmup_dir(ns.run_dir)
     saved = _read_args(wdir)
