@@ -115,11 +115,11 @@ def run_harness(model, tokenizer, tasks, *, test_data: str | None = None, includ
     from lm_eval.models.huggingface import HFLM
 
     tm = task_manager(tasks, include_paths(include_path))
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
-    quiet.setLevel(logging.WARNING)
+    quiet.setLevel(logging.ERROR)  # not its per-call notes (a model object as `pretrained`, num_fewshot set)
     try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         return lm_eval.simple_evaluate(
             model=lm, tasks=task_specs(tasks, test_data), task_manager=tm, num_fewshot=num_fewshot, limit=limit,
             apply_chat_template=apply_chat_template, log_samples=log_samples, bootstrap_iters=BOOTSTRAP_ITERS,
