@@ -30,7 +30,7 @@ EXIT_NOTHING_PRODUCED = 1
 EXIT_DISK_FULL = 4
 
 # pyproject.toml's optional dependencies: extra -> the modules it provides (tests/test_user_errors.py checks them)
-EXTRAS = {"serve": ("fastapi", "uvicorn"), "vllm": ("vllm",), "gguf": ("gguf",)}
+EXTRAS = {"serve": ("fastapi", "uvicorn"), "vllm": ("vllm",), "gguf": ("gguf",), "eval": ("lm_eval",)}
 
 
 def is_disk_full(err: BaseException) -> bool:

@@ -8,7 +8,8 @@ where there is one, the line: ``influence_validation_data: data/val.jsonl:7: no 
 
 The readers themselves (:mod:`rubric_rl.data.documents`) give the same errors later; checking up front
 only moves them before the minutes of model loading, SFT warm start and warm-up. So do the optional
-dependencies a setting needs (``teacher_backend='vllm'``: the ``vllm`` extra; a GGUF model file: ``gguf``), each a
+dependencies a setting needs (``teacher_backend='vllm'``: the ``vllm`` extra; a GGUF model file: ``gguf``;
+``eval_lm_eval_tasks``: ``eval``, and task names the harness knows), each a
 :class:`~rubric_rl.errors.MissingExtra` that says what to install.
 """
 
@@ -207,12 +208,27 @@ def check_warmup(run, influence_cfg) -> None:
     check_influence(influence_cfg, run.output_dir, need_validation=False)
 
 
+def check_eval_harness(eval_cfg, test_rows: list[dict]) -> None:
+    """eval_lm_eval_tasks: the ``eval`` extra, task names the harness knows, and (for the held-out task) test rows
+    that are all multiple-choice items."""
+    from .configs.evaluate import HELDOUT_TASK
+    from .evaluate.harness import check_tasks
+
+    check_tasks(eval_cfg)
+    if HELDOUT_TASK in eval_cfg.eval_lm_eval_tasks:
+        for row in test_rows:
+            if not (isinstance(row.get("choices"), list) and len(row["choices"]) >= 2 and row.get("answer") is not None):
+                raise DataFileError(f"eval_test_data: {eval_cfg.eval_test_data}:{row['line']}: no 'choices' and "
+                                    f"'answer'; the harness task {HELDOUT_TASK!r} scores multiple-choice items only")
+
+
 def check_evaluate(ea, cfg, teacher_cfg, influence_cfg) -> None:
     from .configs.evaluate import parse_sources
     from .evaluate.synthesis import resolve_source
 
     check_documents(cfg.eval_documents, field="eval_documents", text_field=cfg.eval_document_text_field)
-    check_chat_file(cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    test_rows = check_chat_file(cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    check_eval_harness(cfg, test_rows)
     _check_eval_target(cfg, influence_cfg)
     for name, spec in parse_sources(ea.sources).items():
         try:
@@ -233,7 +249,7 @@ def check_closed_loop(loop_cfg, eval_cfg, teacher_cfg, influence_cfg) -> None:
     from .synth.pipeline import RubricSource
 
     docs = check_documents(eval_cfg.eval_documents, field="eval_documents", text_field=eval_cfg.eval_document_text_field)
-    check_chat_file(eval_cfg.eval_test_data, field="eval_test_data", need_assistant=True)
+    check_eval_harness(eval_cfg, check_chat_file(eval_cfg.eval_test_data, field="eval_test_data", need_assistant=True))
     _check_eval_target(eval_cfg, influence_cfg)
     seeds = check_chat_file(loop_cfg.loop_seed_data, field="loop_seed_data", need_assistant=True)
     if loop_cfg.loop_num_seeds > len(seeds):

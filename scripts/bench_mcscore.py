@@ -19,14 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def item_arguments(doc: str, *, batch_size: int, threads: int) -> argparse.ArgumentParser:
+    """The options of a multiple-choice benchmark (also scripts/bench_mcscore_vs_harness.py's): model, test file,
+    items, batch size, threads."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="~/.cache/rubric_rl/models/SmolLM2-135M-Instruct")
     ap.add_argument("--test", default=str(ROOT / "data" / "quickstart" / "test.jsonl"))
     ap.add_argument("--items", type=int, default=96)
-    ap.add_argument("--batch_size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("--batch_size", type=int, default=batch_size)
+    ap.add_argument("--threads", type=int, default=threads)
+    return ap
+
+
+def main() -> None:
+    a = item_arguments(__doc__, batch_size=16, threads=2).parse_args()
     import torch
 
     from rubric_rl.mcscore import build_mc_item, encode_pair, loglikelihoods

@@ -54,3 +54,18 @@ def test_scaling_benchmark_writes_every_sweep(tmp_path):
             assert r["engine_s_per_sample"] > 0 and r["floor_s_per_sample"] > 0
             assert abs(r["engine_over_floor"] - r["engine_s_per_sample"] / r["floor_s_per_sample"]) < 1e-9
     assert "engine/floor" in res.stdout and rep["commit"] and rep["versions"]["torch"]
+
+
+def test_mcscore_vs_harness_benchmark_scores_the_same_items(tmp_path):
+    """The script runs both scorers on the same items (the numbers, not the times: tiny sizes)."""
+    import pytest
+
+    pytest.importorskip("lm_eval")
+    out = tmp_path / "bench.json"
+    res = run([str(ROOT / "scripts/bench_mcscore_vs_harness.py"), "--model", "tiny:hidden=32,layers=1,heads=2,seed=0",
+               "--items", "12", "--json", str(out)], tmp_path)
+    rep = json.loads(out.read_text())
+    assert rep["items"] == rep["harness"]["n"] == 12 and rep["pairs"] == 48
+    assert rep["harness"]["acc"] == rep["rubric_rl"]["acc"]
+    assert rep["rubric_rl_s"] > 0 and rep["harness_s"] > 0 and rep["versions"]["lm_eval"]
+    assert "harness / rubric-rl time ratio" in res.stdout

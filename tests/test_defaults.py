@@ -76,6 +76,10 @@ ROWS = [
                                                                      "max_length": "influence_max_length"}),
     ("rubric_rl.synth.verifiers:VerifierSettings", SynthConfig, VERIFIERS),  # default_verifiers' settings
     ("rubric_rl.synth.pipeline:synthesize_dataset", EvalConfig, {"generator_batch_size": "eval_generator_batch_size"}),
+    ("rubric_rl.evaluate.harness:run_harness", EvalConfig, {"limit": "eval_lm_eval_limit",
+                                                            "num_fewshot": "eval_lm_eval_num_fewshot",
+                                                            "batch_size": "eval_score_batch_size",
+                                                            "apply_chat_template": "eval_lm_eval_apply_chat_template"}),
     ("rubric_rl.data.prompts:policy_messages", R, {"max_document_chars": "max_document_chars",
                                                    "rubric_format": "rubric_format"}),
     ("rubric_rl.data.prompts:build_prompt_dataset", R, {"max_document_chars": "max_document_chars",

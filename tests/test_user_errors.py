@@ -270,3 +270,11 @@ def test_extras_match_pyproject():
     for extra, modules in EXTRAS.items():
         packages = {dep.split(">")[0].split("=")[0].split("[")[0].strip() for dep in extras[extra]}
         assert packages == set(modules), extra
+
+
+def test_lm_eval_tasks_without_lm_eval_fails_before_any_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    line = fails(["evaluate", "--config", str(ROOT / "configs" / "evaluate_quickstart.yaml"), "--sources", "none=none",
+                  "--output", str(tmp_path / "eval"), "--eval_lm_eval_tasks", "rubric_rl_heldout"], capsys)
+    assert line.startswith("rubric-rl evaluate: error: eval_lm_eval_tasks needs the optional 'eval' extra (lm_eval)")
+    _install_line(line, "eval")

@@ -13,6 +13,8 @@ from .checks import at_least, positive
 # How a multiple-choice item's context is built (rubric_rl/mcscore.py scores with it; here so this layer imports
 # nothing above it)
 MC_CONTEXT_MODES = ("reasoning_prefix", "prompt")
+# The held-out test set as an lm-evaluation-harness task (rubric_rl/assets/lm_eval_tasks/, rubric_rl/evaluate/harness.py)
+HELDOUT_TASK = "rubric_rl_heldout"
 
 
 REPORT_FORMAT = 1
@@ -102,6 +104,27 @@ class EvalConfig:
                           "choice texts. See rubric_rl/mcscore.py."},
     )
     eval_score_batch_size: int = field(default=32, metadata={"help": "Batch size of held-out scoring."})
+    eval_lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "lm-evaluation-harness tasks every fine-tuned target and the untrained one are also scored "
+                          "on (the optional 'eval' extra): installed task names, tasks of eval_lm_eval_include_path, "
+                          f"or '{HELDOUT_TASK}' (the held-out test set eval_test_data as a harness task). Results in "
+                          "each run's heldout['lm_eval']. Default: none."},
+    )
+    eval_lm_eval_include_path: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Folders of your own harness task YAMLs (lm_eval --include_path); rubric-rl's tasks "
+                          "(rubric_rl/assets/lm_eval_tasks) are always included."},
+    )
+    eval_lm_eval_limit: int | None = field(
+        default=None, metadata={"help": "Score at most this many documents per harness task (default: all)."}
+    )
+    eval_lm_eval_num_fewshot: int = field(default=0, metadata={"help": "Few-shot examples per harness prompt."})
+    eval_lm_eval_apply_chat_template: bool = field(
+        default=True,
+        metadata={"help": "Render harness prompts with the target's chat template (the fine-tuned targets are chat "
+                          f"models; '{HELDOUT_TASK}' needs it to see the prompt rubric-rl's scorer sees)."},
+    )
     eval_generator_batch_size: int = field(default=16, metadata={"help": "Documents per rubric-generator call."})
     eval_device: str = field(default="auto", metadata={"help": "Device for fine-tuning and scoring: auto, cpu, cuda..."})
     eval_torch_num_threads: int = field(
@@ -128,6 +151,12 @@ class EvalConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         at_least("eval_max_queries_per_sample", self.eval_max_queries_per_sample, 1)
+        for name in ("eval_lm_eval_tasks", "eval_lm_eval_include_path"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, getattr(self, name).split())
+        if self.eval_lm_eval_limit is not None:
+            at_least("eval_lm_eval_limit", self.eval_lm_eval_limit, 1)
+        positive("eval_lm_eval_num_fewshot", self.eval_lm_eval_num_fewshot, allow_zero=True)
         if not 0 <= self.eval_warmup_ratio < 1:
             raise ValueError(f"eval_warmup_ratio must be in [0, 1), got {self.eval_warmup_ratio!r}")
         for name in ("eval_weight_decay", "eval_max_grad_norm", "eval_torch_num_threads"):

@@ -1,8 +1,10 @@
-"""Held-out scoring of a target: answer loss, and multiple-choice acc / acc_norm (:mod:`rubric_rl.mcscore`)."""
+"""Held-out scoring of a target: answer loss, and multiple-choice acc / acc_norm (:mod:`rubric_rl.mcscore`); with
+``eval_lm_eval_tasks``, lm-evaluation-harness tasks too (:mod:`rubric_rl.evaluate.harness`)."""
 
 from __future__ import annotations
 
 from ..configs.evaluate import EvalConfig
+from .harness import harness_metrics
 
 
 def heldout_metrics(model, tokenizer, test_items: list[dict], cfg: EvalConfig) -> dict:
@@ -20,4 +22,5 @@ def heldout_metrics(model, tokenizer, test_items: list[dict], cfg: EvalConfig) -
                    per_subtask=mc["per_subtask"])
     else:
         out.update(acc=None, acc_norm=None, gold_choice_nll=None, mc_items=0)
+    out.update(harness_metrics(model, tokenizer, cfg))
     return out

@@ -8,8 +8,9 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from ..configs.evaluate import LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
+from ..configs.evaluate import HELDOUT_TASK, LOWER_IS_BETTER, PRIMARY_METRICS, REPORT_FORMAT
 from ..jsonl import iter_log_rows
+from ..provenance import package_versions
 from .stats import summary_stats, correlation
 from .synthesis import Source
 
@@ -32,6 +33,8 @@ def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: l
             "distinct_2": summary_stats([r["dataset"]["distinct_2"] for r in rs]),
             "distinct_3": summary_stats([r["dataset"]["distinct_3"] for r in rs]),
         }
+        if cfg.eval_lm_eval_tasks:
+            summary[src.name]["lm_eval"] = harness_summary(rs)
     lower = LOWER_IS_BETTER[primary]
 
     def key(name):
@@ -64,9 +67,11 @@ def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: l
     for src in sources:
         if src.kind == "generator":
             curves[src.name] = reward_curve(src.run_dir)
+    harness = {"lm_eval_version": package_versions(("lm_eval",))["lm_eval"]} if cfg.eval_lm_eval_tasks else {}
     return {
         "format": REPORT_FORMAT,
         "target": target,
+        **harness,
         "primary_metric": primary,
         "sources": {s.name: s.to_dict() for s in sources},
         "seeds": list(cfg.eval_seeds),
@@ -81,6 +86,18 @@ def build_report(cfg, teacher_cfg, influence_cfg, sources: list[Source], runs: l
         "correlation": corr,
         "reward_curves": curves,
     }
+
+
+def harness_summary(runs: list[dict]) -> dict:
+    """``{task: {metric: summary_stats over the runs}}`` of the runs' lm-evaluation-harness numbers
+    (``heldout["lm_eval"]``; the stderr and document counts left out)."""
+    values: dict[str, dict[str, list]] = {}
+    for r in runs:
+        for task, metrics in (r["heldout"].get("lm_eval") or {}).items():
+            for m, v in metrics.items():
+                if m != "n" and "_stderr" not in m:
+                    values.setdefault(task, {}).setdefault(m, []).append(v)
+    return {task: {m: summary_stats(v) for m, v in ms.items()} for task, ms in values.items()}
 
 
 def reward_curve(run_dir: str | None) -> dict:
@@ -163,9 +180,9 @@ def table_rows(report: dict) -> tuple[list[str], list[list]]:
 
 def format_markdown(report: dict) -> str:
     """report.md: the table, then one section each (per seed, paired wins, influence vs gain, datasets, subtasks,
-    reward curves, plots, timing)."""
+    lm-evaluation-harness tasks, reward curves, plots, timing)."""
     out = (_md_header(report) + _md_per_seed(report) + _md_paired(report) + _md_correlation(report)
-           + _md_datasets(report) + _md_subtasks(report) + _md_closing(report))
+           + _md_datasets(report) + _md_subtasks(report) + _md_harness(report) + _md_closing(report))
     return "\n".join(out) + "\n"
 
 
@@ -264,6 +281,29 @@ def _md_subtasks(report: dict) -> list[str]:
         vals = subt.get(name, {})
         out.append(f"| {name} | " + " | ".join(format_number(sum(vals[st]) / len(vals[st])) if st in vals else "-"
                                                for st in sts) + " |")
+    return out
+
+
+def _md_harness(report: dict) -> list[str]:
+    """The lm-evaluation-harness tasks (eval_lm_eval_tasks): one column per task and metric, the untrained target
+    first, then the sources in rank order."""
+    cfg = report["config"]["eval"]
+    if not cfg.get("eval_lm_eval_tasks"):
+        return []
+    base = report["baseline"].get("lm_eval") or {}
+    cols = [(t, m) for t, ms in base.items() for m in ms if m != "n" and "_stderr" not in m]
+    docs = ", ".join(f"{t} {ms.get('n')}" for t, ms in base.items())
+    out = ["", "## lm-evaluation-harness tasks (mean over seeds)", "",
+           f"`lm_eval.simple_evaluate` {report.get('lm_eval_version') or ''} on each in-memory target: chat template "
+           f"{'on' if cfg['eval_lm_eval_apply_chat_template'] else 'off'}, {cfg['eval_lm_eval_num_fewshot']}-shot, "
+           f"documents per task: {docs or '-'}. The ranking's acc is rubric-rl's scorer; the harness's "
+           f"`{HELDOUT_TASK}` is the same test set in its `prompt` context mode (rubric_rl/evaluate/harness.py).",
+           "", "| source | " + " | ".join(f"{t} {m}" for t, m in cols) + " |", "|---|" + "---|" * len(cols)]
+    out.append("| (untrained target) | " + " | ".join(format_number(base[t].get(m)) for t, m in cols) + " |")
+    for name in report["ranking"]:
+        s = report["summary"][name].get("lm_eval") or {}
+        out.append(f"| {name} | " + " | ".join(format_mean_std(s[t][m]) if m in s.get(t, {}) else "-"
+                                               for t, m in cols) + " |")
     return out
 
 

@@ -168,6 +168,8 @@ class _Evaluation:
         t0 = time.perf_counter()
         held = heldout_metrics(model, self.tokenizer, self.test_items, cfg) if samples else dict(self.baseline)
         self.timing["heldout_s"] += time.perf_counter() - t0
+        if samples and "lm_eval_s" in held:  # the harness's share of heldout_s
+            self.timing["lm_eval_s"] = self.timing.get("lm_eval_s", 0.0) + held["lm_eval_s"]
         del model
         gains = {m: gain(m, held.get(m), self.baseline.get(m)) for m in PRIMARY_METRICS}
         logger.info("%s seed %d: %d samples (validity %.2f), influence %s, test loss %.4f, acc %s", src.name, seed,
