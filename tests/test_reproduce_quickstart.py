@@ -325,3 +325,15 @@ def test_a_condition_can_run_fewer_seeds(tmp_path, monkeypatch, capsys):
     for bad in (["--condition_seeds", "threads2=0"], ["--condition_seeds", "perturb=x"], ["--condition_seeds", "perturb"]):
         assert mod.main(argv[:6] + bad + argv[8:]) == 2
         assert "--condition_seeds" in capsys.readouterr().err
+
+
+def test_an_evaluation_field_newer_than_the_distribution_counts_at_its_default():
+    """A run made after EvalConfig grew a field (eval_lm_eval_tasks) still compares with a distribution made
+    before it, while the field is at its default; set to something else, it is a difference."""
+    from rubric_rl.evaluate.distribution import settings_differ
+
+    ref_eval = {"eval_epochs": 10}
+    assert settings_differ({}, {}, ref_eval, {"eval_epochs": 10, "eval_lm_eval_tasks": []}) == []
+    assert settings_differ({}, {}, ref_eval, {"eval_epochs": 10, "eval_lm_eval_tasks": ["arc_easy"]}) == [
+        "eval_lm_eval_tasks"]
+    assert settings_differ({}, {}, ref_eval, {"eval_epochs": 3}) == ["eval_epochs"]

@@ -177,9 +177,20 @@ def settings_differ(ref_args: dict, args: dict, ref_eval: dict | None, eval_cfg:
     the free fields aside); empty = the same config."""
     fields = sorted(set(changed_fields(ref_args, args)) - VARYING)
     ref_eval, eval_cfg = ref_eval or {}, eval_cfg or {}
+    default = eval_defaults()  # a field one side predates counts as its default there
     fields += sorted(k for k in set(ref_eval) | set(eval_cfg)
-                     if k not in FREE_EVAL_FIELDS and ref_eval.get(k) != eval_cfg.get(k))
+                     if k not in FREE_EVAL_FIELDS and ref_eval.get(k, default.get(k)) != eval_cfg.get(k, default.get(k)))
     return fields
+
+
+def eval_defaults() -> dict:
+    """``EvalConfig``'s default of each field, as a report's ``config.eval`` writes it."""
+    import dataclasses
+
+    from ..configs.evaluate import EvalConfig
+
+    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            for f in dataclasses.fields(EvalConfig)}
 
 
 # --------------------------------------------------------------------------- the distribution
