@@ -47,7 +47,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -56,6 +55,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from gpu_check import free_port  # noqa: E402  (one free-port helper for the scripts)
 
 CALIBRATION_SOURCES = [
     "seed=data/quickstart/seed_rubrics.json", "none=none",
@@ -109,12 +111,6 @@ def paired(runs: list[dict], a_prefix: str, b: str) -> dict:
                        "mean_advantage": (sum(p["advantage"] for p in pairs) / len(pairs)) if pairs else None,
                        "p_sign_test": sign_test_p(wins, losses), "pairs": pairs}
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -288,9 +284,10 @@ def main(argv=None) -> None:
                                       "--mislabelled", str(n_mis), "--variants", "default", "--no_first_order"], work)
             check.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(influence / "influence_check.json", check)
-        row = json.loads(check.read_text())["variants"]["default"]
+        found = json.loads(check.read_text())
+        row = found["variants"]["default"]
         mislabelled = {"items": n_mis, **row["mislabelled"], "related_vs_unrelated_auc": row["auc"],
-                       "objective": json.loads(check.read_text()).get("objective")}
+                       "objective": found.get("objective")}
 
     for t in [] if a.skip_rl else a.train_seeds:
         tdir = work / f"train_seed{t}"
@@ -413,6 +410,14 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def synthesis_lines(syn: dict | None) -> list[str]:
+    """What the teacher's queries gave (:func:`synthesis_totals`), as a report line; nothing without it."""
+    if not syn:
+        return []
+    return [f"Teacher: {syn['accepted']} samples accepted of {syn['teacher_queries']} queries; rejections: "
+            + (", ".join(f"{k} {v}" for k, v in syn["rejected"].items()) or "none") + ".", ""]
+
+
 def format_condition(t: dict) -> list[str]:
     f = _f
     lines = []
@@ -423,10 +428,7 @@ def format_condition(t: dict) -> list[str]:
                   "", f"Pearson r **{f(c['pearson_r'])}** (95% bootstrap {f(ci[0], 2)} .. {f(ci[1], 2)}), Spearman "
                   f"{f(c['spearman_rho'])}, permutation p {f(c['p_permutation'], 4)}, {c['num_datasets']} datasets "
                   f"(mean influence vs held-out {c['metric']} gain).", ""]
-        syn = c.get("synthesis")
-        if syn:
-            lines += [f"Teacher: {syn['accepted']} samples accepted of {syn['teacher_queries']} queries; rejections: "
-                      + (", ".join(f"{k} {v}" for k, v in syn["rejected"].items()) or "none") + ".", ""]
+        lines += synthesis_lines(c.get("synthesis"))
         lines += ["| source | seed | samples | mean influence | gain | held-out |", "|---|---|---|---|---|---|"]
         lines += [f"| {d['source']} | {d['seed']} | {d.get('samples', '-')} | {f(d['mean_influence'], 5)} | "
                   f"{f(d['gain'], 4)} | {f(d['heldout'], 4)} |" for d in c["datasets"]]
@@ -439,10 +441,7 @@ def format_condition(t: dict) -> list[str]:
     lines += ["### Trained rubric generators vs the hand-written seed rubrics", "",
               f"{len(rl['train_seeds'])} training seeds x {len(rl['eval_seeds'])} evaluation seeds; "
               "a pair is trained_sT vs seed (or none) at the same evaluation seed.", ""]
-    syn = rl.get("synthesis")
-    if syn:
-        lines += [f"Teacher: {syn['accepted']} samples accepted of {syn['teacher_queries']} queries; rejections: "
-                  + (", ".join(f"{k} {v}" for k, v in syn["rejected"].items()) or "none") + ".", ""]
+    lines += synthesis_lines(rl.get("synthesis"))
     lines += ["| comparison | metric | wins | losses | ties | runs | mean advantage | sign test p |",
               "|---|---|---|---|---|---|---|---|"]
     for name, per in rl["paired"].items():
