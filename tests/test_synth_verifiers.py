@@ -1,5 +1,6 @@
 """Each verifier with planted cases; decontamination on the quickstart world."""
 
+import dataclasses
 import json
 
 import pytest
@@ -269,13 +270,13 @@ def test_one_verifier_settings_for_synthesize_and_the_rl_step():
     """synthesize's synth_* fields and the RL step's reward_* twins make the same chain through one settings type."""
     from rubric_rl.config import RubricRLArguments
     from rubric_rl.configs.synth import SynthConfig
-    from rubric_rl.synth.verifiers import VERIFIER_FIELDS, VerifierSettings
+    from rubric_rl.synth.verifiers import VerifierSettings
     from rubric_rl.train import train_verifiers
 
     assert VerifierSettings.of(SynthConfig(), "synth_") == VerifierSettings() == VerifierSettings.of(
         RubricRLArguments(), "reward_")
-    for name in VERIFIER_FIELDS:  # every twin exists on both sides
-        assert hasattr(SynthConfig, "synth_" + name) and hasattr(RubricRLArguments, "reward_" + name)
+    for f in dataclasses.fields(VerifierSettings):  # every twin exists on both sides
+        assert hasattr(SynthConfig, "synth_" + f.name) and hasattr(RubricRLArguments, "reward_" + f.name)
     args = RubricRLArguments(reward_grounding_min_overlap=0.3, reward_safety=False)
     chain = train_verifiers(args, None)
     grounding = [v for v in chain if isinstance(v, GroundingVerifier)]

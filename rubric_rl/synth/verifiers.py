@@ -7,7 +7,7 @@ reward extras and the dataset provenance count.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from ..configs.synth import SynthConfig as S  # the one place of each verifier default (synth_*)
 
@@ -113,10 +113,6 @@ _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (hel
                       r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
 
 
-VERIFIER_FIELDS = ("grounding", "grounding_min_overlap", "grounding_min_claim_overlap", "safety", "blocklist_file",
-                   "decontam_ngram", "decontam_threshold")
-
-
 @dataclass(frozen=True)
 class VerifierSettings:
     """One verifier chain's settings, shared by ``synthesize`` (the ``synth_*`` fields) and the RL step (their
@@ -134,7 +130,8 @@ class VerifierSettings:
     @classmethod
     def of(cls, cfg, prefix: str) -> "VerifierSettings":
         """The settings a config holds under ``prefix`` (``"synth_"`` or ``"reward_"``)."""
-        return cls(**{name: getattr(cfg, prefix + name) for name in VERIFIER_FIELDS})
+        return cls(**{f.name: getattr(cfg, prefix + f.name) for f in fields(cls)})
+
 
 def default_verifiers(settings: VerifierSettings | None = None, *, eval_items: list[dict] | None = None,
                       **overrides) -> list:
