@@ -184,13 +184,12 @@ def settings_differ(ref_args: dict, args: dict, ref_eval: dict | None, eval_cfg:
 
 
 def eval_defaults() -> dict:
-    """``EvalConfig``'s default of each field, as a report's ``config.eval`` writes it."""
-    import dataclasses
+    """``EvalConfig``'s default of each field, as a report's ``config.eval`` writes it (``asdict``)."""
+    from dataclasses import asdict
 
     from ..configs.evaluate import EvalConfig
 
-    return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-            for f in dataclasses.fields(EvalConfig)}
+    return asdict(EvalConfig())
 
 
 # --------------------------------------------------------------------------- the distribution
