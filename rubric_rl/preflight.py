@@ -154,8 +154,6 @@ def check_train(args, grpo_args, teacher_cfg, influence_cfg) -> None:
         check_text_file(args.reward_blocklist_file, field="reward_blocklist_file")
     check_teacher(teacher_cfg)
     if args.evaluate_config:
-        if not Path(args.evaluate_config).is_file():
-            raise UserError(f"evaluate_config: no such file {args.evaluate_config!r}")
         check_evaluate_config(args.evaluate_config, args.evaluate_sources or [],
                               Path(grpo_args.output_dir) / "eval")
 
@@ -283,6 +281,8 @@ def check_evaluate_config(config_path: str, sources: list[str], output) -> None:
     from .configs.influence import InfluenceConfig
     from .configs.teacher import TeacherConfig
 
+    if not Path(config_path).is_file():  # before the parser, whose error would only say it does not parse
+        raise UserError(f"evaluate_config: no such file {config_path!r}")
     argv = ["--config", config_path, "--sources", *(sources or ["none=none"]), "--output", str(output)]
     try:
         ea, cfg, teacher_cfg, influence_cfg = parse_config(
