@@ -43,7 +43,8 @@ RUN_GLOBS = ("checkpoint-*", "rollouts*.jsonl", "model-*.safetensors")
 FREE_FIELDS = frozenset({
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "allow_changed_args", "max_steps",
     "num_train_epochs", "run_name", "project", "report_to", "disable_tqdm", "num_completions_to_print",
-    "local_rank", "ddp_timeout", "skip_memory_metrics", "torch_num_threads", "push_to_hub",
+    "local_rank", "ddp_timeout", "skip_memory_metrics", "torch_num_threads", "policy_update_num_threads",
+    "push_to_hub",
     "teacher_base_url", "teacher_api_key_env", "teacher_concurrency", "teacher_timeout_s", "teacher_max_retries",
     "teacher_backoff_s", "teacher_max_backoff_s", "teacher_breaker_window", "teacher_breaker_max_failure_rate",
     "teacher_batch_size", "influence_device", "influence_batch_size", "influence_proj_memory_mb",

@@ -39,7 +39,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from . import wandb_log
-from .devices import fork_rng
+from .devices import fork_rng, torch_threads
 from .errors import UserError
 from .jsonl import append_jsonl, filter_log, iter_log_rows, read_jsonl
 from .launch import all_gather_objects, sum_counts
@@ -164,15 +164,37 @@ def reward_summary(metrics_path: Path, frac: float = 0.2, key: str = "reward") -
 
 
 def rl_trainer_class(args, grpo_args):
-    """The TRL trainer class and its config for ``args.algorithm`` (RLOO reuses the shared GRPO fields)."""
+    """The TRL trainer class and its config for ``args.algorithm`` (RLOO reuses the shared GRPO fields), the
+    update run on ``policy_update_num_threads`` where that is set."""
     if args.algorithm == "grpo":
-        return GRPOTrainer, grpo_args
+        return with_update_threads(GRPOTrainer, args.policy_update_num_threads), grpo_args
     from trl import RLOOConfig, RLOOTrainer
 
     kwargs = {f.name: getattr(grpo_args, f.name) for f in dataclasses.fields(RLOOConfig)
               if f.init and hasattr(grpo_args, f.name)}
     kwargs["generation_batch_size"] = None  # derived in GRPOConfig.__post_init__ from steps_per_generation
-    return RLOOTrainer, RLOOConfig(**kwargs)
+    return with_update_threads(RLOOTrainer, args.policy_update_num_threads), RLOOConfig(**kwargs)
+
+
+def with_update_threads(trainer_cls, update_threads: int):
+    """``trainer_cls`` whose training step (the policy's forward and backward) runs on ``update_threads`` CPU
+    threads while its rollouts (``_prepare_inputs``: generation, then the reward with its influence scoring) keep
+    the thread count the process has. 0: ``trainer_cls`` itself."""
+    if not update_threads:
+        return trainer_cls
+    rollout_threads = torch.get_num_threads()
+
+    class UpdateThreads(trainer_cls):
+        def training_step(self, *a, **kw):
+            with torch_threads(update_threads):
+                return super().training_step(*a, **kw)
+
+        def _prepare_inputs(self, *a, **kw):
+            with torch_threads(rollout_threads):  # inside training_step: TRL's Trainer calls it there
+                return super()._prepare_inputs(*a, **kw)
+
+    UpdateThreads.__name__ = UpdateThreads.__qualname__ = trainer_cls.__name__
+    return UpdateThreads
 
 
 def warm_start_alone(args, grpo_args) -> None:

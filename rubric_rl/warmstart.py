@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import wandb_log
+from .devices import torch_threads
 from .jsonl import write_json_atomic
 from .launch import single_process_env, wait_until
 from .progress import phase, quiet_trainer_logs
@@ -102,7 +103,8 @@ def sft_warmstart(args, grpo_args, documents, tokenizer, model, output_dir: Path
     quiet_trainer_logs(trainer)
     phase("policy SFT warm start", f"{len(rows)} (prompt, seed rubric) pairs, {args.policy_sft_epochs} epochs"
           f"{', LoRA' if args.policy_use_peft else ''}")
-    trainer.train()
+    with torch_threads(args.policy_update_num_threads):
+        trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

@@ -87,6 +87,14 @@ class RubricRLArguments:
         metadata={"help": "CPU threads for torch (0 = torch's default). Tiny CPU runs are fastest with 1, "
                           "and a busy machine makes extra threads spin."},
     )
+    policy_update_num_threads: int = field(
+        default=0,
+        metadata={"help": "CPU threads for the policy's own forward and backward passes (the SFT warm start and "
+                          "each RL update; 0 = torch_num_threads). Those batched matrices gain from a second "
+                          "thread where token-by-token generation and influence scoring, which keep "
+                          "torch_num_threads, do not. On the quickstart's CPU the run is bit-identical with 1 or 2 "
+                          "(notes/quickstart.md)."},
+    )
     reward_decontam_files: list[str] | None = field(
         default=None,
         metadata={"help": "Evaluation files (chat jsonl: validation, test) that no rewarded sample may copy: "
@@ -285,6 +293,7 @@ class RubricRLArguments:
         if not 0 <= self.policy_init_noise < float("inf"):
             raise ValueError(f"policy_init_noise must be a finite std >= 0, got {self.policy_init_noise!r}")
         positive("torch_num_threads", self.torch_num_threads, allow_zero=True)
+        positive("policy_update_num_threads", self.policy_update_num_threads, allow_zero=True)
         positive("policy_sft_epochs", self.policy_sft_epochs)
         if not self.documents:
             raise ValueError("documents must name a documents file")
