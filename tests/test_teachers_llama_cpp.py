@@ -9,17 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from rubric_rl.data.documents import load_documents, load_rubric_file
-from rubric_rl.models import SMOLLM2, cache_dir
+from rubric_rl.models import SMOLLM2
 from rubric_rl.synth.engine import SampleSynthesizer, SynthItem
 from rubric_rl.teachers.base import TeacherRequest
 from rubric_rl.teachers.openai_backend import OpenAITeacher
 
-GGUF = cache_dir() / "gguf" / SMOLLM2["gguf"]
+# The user cache, not the tests' private RUBRIC_RL_CACHE (conftest), as test_real_model.py does for SmolLM2.
+GGUF = Path(os.environ.get("RUBRIC_RL_REAL_GGUF", Path.home() / ".cache/rubric_rl/gguf" / SMOLLM2["gguf"]))
 NAME = "SmolLM2-135M-Instruct"
 
 pytestmark = [

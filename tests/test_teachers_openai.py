@@ -246,3 +246,37 @@ def test_config_holds_the_variable_name_not_the_key(monkeypatch):
         TeacherConfig(teacher_backend="openai", teacher_model_name_or_path="m",
                       teacher_base_url="http://127.0.0.1:1/v1", teacher_api_key_env="sk-zzz/not a name")
     assert "sk-zzz" not in str(err.value)  # a pasted key is not echoed back
+
+
+def test_extra_body_from_the_config_reaches_the_server(fault_server):
+    """``teacher_extra_body`` (JSON on the command line, a mapping in YAML) is merged into every request body, so a
+    server's own fields (llama.cpp's ``grammar``, vLLM's ``structured_outputs``) can be sent; model, messages,
+    stream and seed stay rubric-rl's."""
+    from transformers import HfArgumentParser
+
+    from rubric_rl.configs.teacher import TeacherConfig
+    from rubric_rl.teachers.factory import build_teacher
+
+    (cfg,) = HfArgumentParser(TeacherConfig).parse_args_into_dataclasses(
+        ["--teacher_backend", "openai", "--teacher_model_name_or_path", "m", "--teacher_base_url",
+         fault_server.base_url, "--teacher_extra_body", '{"grammar": "root ::= \\"ok\\"", "top_k": 5}'])
+    assert cfg.teacher_extra_body == {"grammar": 'root ::= "ok"', "top_k": 5}
+    bodies = fault_server.config.app.state.faults["bodies"]
+    before = len(bodies)
+    with build_teacher(cfg) as t:
+        assert t.generate([req("ok", seed=3)])[0].ok
+    (body,) = bodies[before:]
+    assert body["grammar"] == 'root ::= "ok"' and body["top_k"] == 5
+    assert body["model"] == "m" and body["seed"] == 3 and body["messages"][-1]["content"] == "ok"
+
+
+@pytest.mark.parametrize("value, message", [
+    ('{"grammar": ', "teacher_extra_body is not valid JSON"),
+    ('["grammar"]', "teacher_extra_body must be a JSON object"),
+    ('{"messages": []}', "teacher_extra_body may not set messages"),
+])
+def test_bad_extra_body_is_one_clear_error(value, message):
+    from rubric_rl.configs.teacher import TeacherConfig
+
+    with pytest.raises(ValueError, match=message):
+        TeacherConfig(teacher_extra_body=value)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from .checks import at_least, choice, positive
 
@@ -69,6 +71,14 @@ class TeacherConfig:
         metadata={"help": "openai backend: share of the breaker window that may fail for infrastructure reasons "
                           "before the run stops (in [0, 1]; 0 disables the breaker)."},
     )
+    teacher_extra_body: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "openai backend: extra fields merged into every chat-completion request body, as a JSON "
+                          "object (a mapping in a YAML config), for what a server accepts beyond the OpenAI API: "
+                          "llama.cpp's GBNF `grammar`, vLLM's `structured_outputs`, `repetition_penalty`, ... "
+                          "Example: --teacher_extra_body '{\"repeat_penalty\": 1.1}'. It may not set model, "
+                          "messages, stream or seed."},
+    )
     teacher_vllm_tensor_parallel_size: int = field(
         default=1, metadata={"help": "vllm backend: GPUs the in-process teacher is sharded over."}
     )
@@ -81,6 +91,7 @@ class TeacherConfig:
 
     def __post_init__(self):
         choice("teacher_backend", self.teacher_backend, BACKENDS)
+        self.teacher_extra_body = parse_extra_body(self.teacher_extra_body)
         if self.teacher_backend in ("transformers", "vllm", "openai") and not self.teacher_model_name_or_path:
             raise ValueError(f"teacher_model_name_or_path is required for teacher_backend={self.teacher_backend!r}")
         if self.teacher_backend == "openai" and not self.teacher_base_url:
@@ -114,3 +125,24 @@ class TeacherConfig:
             # deliberately not echoed.
             raise ValueError("teacher_api_key_env must be the NAME of an environment variable (letters, digits, "
                              "underscores), not the key itself")
+
+
+RESERVED_BODY_KEYS = ("model", "messages", "stream", "seed")
+
+
+def parse_extra_body(value: dict | str | None) -> dict | None:
+    """``teacher_extra_body`` as a dict: a JSON object string (the command line) or a mapping (a YAML config)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"teacher_extra_body is not valid JSON ({err.msg} at character {err.pos}): "
+                             f"{value[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"teacher_extra_body must be a JSON object (a mapping), got {type(value).__name__}")
+    reserved = sorted(set(value) & set(RESERVED_BODY_KEYS))
+    if reserved:
+        raise ValueError(f"teacher_extra_body may not set {', '.join(reserved)}: rubric-rl sends those itself")
+    return value

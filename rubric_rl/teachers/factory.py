@@ -28,6 +28,7 @@ def build_teacher(cfg: TeacherConfig, *, documents: list[str] | None = None, dev
             concurrency=cfg.teacher_concurrency, timeout_s=cfg.teacher_timeout_s, max_retries=cfg.teacher_max_retries,
             backoff_s=cfg.teacher_backoff_s, max_backoff_s=cfg.teacher_max_backoff_s,
             breaker_window=cfg.teacher_breaker_window, breaker_max_failure_rate=cfg.teacher_breaker_max_failure_rate,
+            extra_body=cfg.teacher_extra_body,
         )
     if cfg.teacher_backend == "vllm":
         from .vllm_backend import VLLMTeacher
