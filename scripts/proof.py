@@ -67,6 +67,7 @@ CALIBRATION_SOURCES = [
 ]
 METRICS = (("loss", -1), ("acc", +1), ("gold_choice_nll", -1))  # (metric, +1 if higher is better)
 REAL_TEACHER_MODEL = Path.home() / ".cache/rubric_rl/models/SmolLM2-135M-Instruct"
+REAL_TEACHER_GGUF = Path.home() / ".cache/rubric_rl/gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def run_stage(name: str, cmd: list[str], work: Path) -> None:
@@ -115,18 +116,25 @@ def paired(runs: list[dict], a_prefix: str, b: str) -> dict:
 
 @contextlib.contextmanager
 def teacher_endpoint(a, work: Path):
-    """Yield (base_url, served model name) of the real teacher: ``--real_teacher_url``, or a ``serve-teacher``
-    process started here (its log in WORK/logs/serve_teacher.log) and stopped on exit."""
+    """Yield (base_url, served model name) of the real teacher: ``--real_teacher_url``, or a server started here
+    (``--real_teacher_server``: ``serve-teacher`` on REAL_TEACHER_MODEL, or llama.cpp's server on REAL_TEACHER_GGUF;
+    its log in WORK/logs/SERVER.log) and stopped on exit."""
     if a.real_teacher_url:
         yield a.real_teacher_url.rstrip("/"), a.real_teacher_name or str(a.real_teacher_model)
         return
     port = free_port()
     name = a.real_teacher_name or "real-teacher"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(work / "logs" / "serve_teacher.log", "w")
-    cmd = [sys.executable, "-m", "rubric_rl.cli", "serve-teacher", "--model", str(a.real_teacher_model),
-           "--served_model_name", name, "--port", str(port), "--device", "cpu", "--dtype", "float32",
-           "--batch_size", str(a.real_teacher_batch_size), "--max_new_tokens", str(a.real_teacher_max_new_tokens)]
+    log = open(work / "logs" / f"{a.real_teacher_server}.log", "w")
+    if a.real_teacher_server == "llama_cpp":  # llama.cpp's OpenAI-compatible server on the GGUF (README)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(a.real_teacher_gguf), "--model_alias", name,
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+               "--n_threads", str(a.real_teacher_threads)]
+    else:
+        cmd = [sys.executable, "-m", "rubric_rl.cli", "serve-teacher", "--model", str(a.real_teacher_model),
+               "--served_model_name", name, "--port", str(port), "--device", "cpu", "--dtype", "float32",
+               "--batch_size", str(a.real_teacher_batch_size),
+               "--max_new_tokens", str(a.real_teacher_max_new_tokens)]
     print(f"== real teacher: {' '.join(cmd)}  (log: {log.name})", flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": str(a.real_teacher_threads)})
@@ -135,7 +143,7 @@ def teacher_endpoint(a, work: Path):
         deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
-                sys.exit(f"serve-teacher exited with {proc.returncode} before it answered; see {log.name}")
+                sys.exit(f"{a.real_teacher_server} exited with {proc.returncode} before it answered; see {log.name}")
             try:
                 with urllib.request.urlopen(url + "/models", timeout=5) as r:
                     if r.status == 200:
@@ -143,7 +151,7 @@ def teacher_endpoint(a, work: Path):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                sys.exit(f"serve-teacher did not answer {url}/models within 300 s; see {log.name}")
+                sys.exit(f"{a.real_teacher_server} did not answer {url}/models within 300 s; see {log.name}")
             time.sleep(2)
         yield url, name
     finally:
@@ -251,6 +259,16 @@ def main(argv=None) -> None:
                     help="Teacher queries allowed per requested sample (real): a weak teacher's budget.")
     ap.add_argument("--real_teacher_eval_seeds", type=int, nargs="+", default=None,
                     help="Evaluation seeds of the real condition (default: --eval_seeds).")
+    ap.add_argument("--real_teacher_server", choices=["serve-teacher", "llama_cpp"], default="serve-teacher",
+                    help="Server started when no --real_teacher_url is given: rubric-rl serve-teacher (transformers, "
+                         "the zero-dependency fallback) or llama.cpp's (llama-cpp-python[server], on the GGUF).")
+    ap.add_argument("--real_teacher_gguf", default=str(REAL_TEACHER_GGUF),
+                    help="GGUF file llama.cpp's server loads (scripts/fetch_smollm2.py --gguf).")
+    ap.add_argument("--real_teacher_temperature", type=float, default=None,
+                    help="Teacher sampling temperature of the real condition (default: the config's).")
+    ap.add_argument("--real_teacher_grammar", default=None,
+                    help="A GBNF grammar file sent as llama.cpp's `grammar` (teacher_extra_body) with every request, "
+                         "e.g. rubric_rl/assets/grammars/question_answer.gbnf: the reply format, enforced.")
     ap.add_argument("--real_teacher_max_new_tokens", type=int, default=192)
     ap.add_argument("--real_teacher_batch_size", type=int, default=8, help="serve-teacher's batch (started server).")
     ap.add_argument("--real_teacher_threads", type=int, default=1, help="OMP threads of the started server.")
@@ -332,11 +350,23 @@ def main(argv=None) -> None:
                      "--teacher_max_new_tokens", str(a.real_teacher_max_new_tokens),
                      "--eval_num_samples", str(16 if a.quick else a.real_teacher_samples),
                      "--eval_max_queries_per_sample", str(a.real_teacher_queries_per_sample)]
+            if a.real_teacher_temperature is not None:
+                extra += ["--teacher_temperature", str(a.real_teacher_temperature)]
+            if a.real_teacher_grammar:
+                extra += ["--teacher_extra_body", json.dumps({"grammar": Path(a.real_teacher_grammar).read_text()})]
             teachers["real"] = evaluate_teacher(a, rr, work, influence, "_real", extra,
                                                 a.real_teacher_eval_seeds or a.eval_seeds)
-        teachers["real"]["teacher"] = (f"{a.real_teacher_model} through `rubric-rl serve-teacher` (OpenAI-compatible "
-                                       "HTTP, CPU)" if not a.real_teacher_url else
-                                       f"{name} at {a.real_teacher_url} (OpenAI-compatible HTTP)")
+        if a.real_teacher_url:
+            label = f"{name} at {a.real_teacher_url} (OpenAI-compatible HTTP)"
+        elif a.real_teacher_server == "llama_cpp":
+            label = f"{Path(a.real_teacher_gguf).name} through llama.cpp's server (llama-cpp-python, OpenAI-compatible HTTP, CPU)"
+        else:
+            label = f"{a.real_teacher_model} through `rubric-rl serve-teacher` (OpenAI-compatible HTTP, CPU)"
+        if a.real_teacher_grammar:
+            label += f", reply format enforced by the grammar {a.real_teacher_grammar}"
+        if a.real_teacher_temperature is not None:
+            label += f", temperature {a.real_teacher_temperature:g}"
+        teachers["real"]["teacher"] = label
         teachers["real"]["sizes"] = {"samples_per_dataset": 16 if a.quick else a.real_teacher_samples,
                                      "queries_per_sample": a.real_teacher_queries_per_sample}
     for cond in teachers.values():

@@ -44,6 +44,18 @@ def test_format_and_nontrivial():
     assert n(cand("What is the dose of Belmozaline?", "As an AI language model, I cannot know.")) == "refusal"
 
 
+def test_non_answers_a_small_teacher_writes():
+    """SmolLM2-135M-Instruct's accepted-looking non-answers (notes/teachers.md): the rubric's instruction echoed, the
+    format's placeholder letter, "the document does not say"; a real answer with a letter or f(x) passes."""
+    n = NonTrivialVerifier()
+    q = "What is the most common side effect of Melixaban?"
+    for junk in ("The answer must be stated in the document.", "The answer is (X).",
+                 "The document does not provide any information on how the drug is used."):
+        assert n(cand(q, junk)) == "non_answer", junk
+    for real in ("The answer is (B): headache.", "Headache, in about 1 in 10 patients.", "f(x) rises with the dose"):
+        assert n(cand(q, real)) is None, real
+
+
 def test_grounding():
     g = GroundingVerifier()
     assert g(cand("What is Belmozaline used for?", "Belmozaline is used to treat migraine.")) is None

@@ -62,7 +62,8 @@ class FormatVerifier:
 class NonTrivialVerifier:
     """Rejects samples that teach nothing: an answer that is no text (empty, whitespace, control characters,
     placeholders like "NaN inf": the reason codes of :func:`rubric_rl.synth.text.junk_text_reason`), an answer
-    equal to the question, or a question that is the document."""
+    equal to the question, a question that is the document, or a non-answer (``non_answer``: an echoed
+    instruction, a placeholder letter, "the document does not say")."""
 
     max_document_overlap: float = 0.8
     name: str = "nontrivial"
@@ -85,6 +86,8 @@ class NonTrivialVerifier:
             return "question_copies_document"
         if _REFUSAL.match(c.answer.strip()) or _REFUSAL.match(c.question.strip()):
             return "refusal"
+        if _NON_ANSWER.search(c.answer):
+            return "non_answer"
         return degenerate_reason(c.question) or degenerate_reason(c.answer)
 
 
@@ -111,6 +114,13 @@ def degenerate_reason(text: str) -> str | None:
 
 _REFUSAL = re.compile(r"(i'?m sorry|i am sorry|sorry, (but )?i|i can(no|')t (help|answer|assist|provide|write)|"
                       r"i am (not able|unable) to|as an ai( language model)?,?)", re.IGNORECASE)
+
+# What a small teacher writes in place of an answer (seen from SmolLM2-135M-Instruct, notes/teachers.md): the
+# rubric's instruction echoed ("The answer must be stated in the document."), the format's placeholder letter
+# ("The answer is (X)."), or a statement that the document has no answer.
+_NON_ANSWER = re.compile(r"^\s*(the )?(correct |final )?answer (must|should|will|has to|needs to) be\b|"
+                         r"(?<!\w)\(\s*x\s*\)|\bthe (document|text|passage) does not (provide|contain|mention|say|"
+                         r"state|give)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
