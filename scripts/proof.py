@@ -125,7 +125,8 @@ def teacher_endpoint(a, work: Path):
     port = free_port()
     name = a.real_teacher_name or "real-teacher"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(work / "logs" / f"{a.real_teacher_server}.log", "w")
+    log_name = "llama_cpp.log" if a.real_teacher_server == "llama_cpp" else "serve_teacher.log"
+    log = open(work / "logs" / log_name, "w")
     if a.real_teacher_server == "llama_cpp":  # llama.cpp's OpenAI-compatible server on the GGUF (README)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(a.real_teacher_gguf), "--model_alias", name,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",

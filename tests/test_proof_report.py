@@ -17,7 +17,8 @@ import proof  # noqa: E402
 
 def endpoint_args(**kw):
     base = dict(real_teacher_url=None, real_teacher_name=None, real_teacher_model="tiny:hidden=32,layers=1,heads=2,seed=0",
-                real_teacher_batch_size=2, real_teacher_max_new_tokens=8, real_teacher_threads=1)
+                real_teacher_batch_size=2, real_teacher_max_new_tokens=8, real_teacher_threads=1,
+                real_teacher_server="serve-teacher", real_teacher_gguf=None)
     return Namespace(**{**base, **kw})
 
 
