@@ -360,7 +360,8 @@ def main(argv=None) -> None:
         if a.real_teacher_url:
             label = f"{name} at {a.real_teacher_url} (OpenAI-compatible HTTP)"
         elif a.real_teacher_server == "llama_cpp":
-            label = f"{Path(a.real_teacher_gguf).name} through llama.cpp's server (llama-cpp-python, OpenAI-compatible HTTP, CPU)"
+            label = (f"{Path(a.real_teacher_gguf).name} through llama.cpp's server (llama-cpp-python, "
+                     "OpenAI-compatible HTTP, CPU)")
         else:
             label = f"{a.real_teacher_model} through `rubric-rl serve-teacher` (OpenAI-compatible HTTP, CPU)"
         if a.real_teacher_grammar:
