@@ -125,17 +125,18 @@ def teacher_endpoint(a, work: Path):
     port = free_port()
     name = a.real_teacher_name or "real-teacher"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    log_name = "llama_cpp.log" if a.real_teacher_server == "llama_cpp" else "serve_teacher.log"
-    log = open(work / "logs" / log_name, "w")
     if a.real_teacher_server == "llama_cpp":  # llama.cpp's OpenAI-compatible server on the GGUF (README)
+        log_name = "llama_cpp.log"
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(a.real_teacher_gguf), "--model_alias", name,
                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
                "--n_threads", str(a.real_teacher_threads)]
     else:
+        log_name = "serve_teacher.log"
         cmd = [sys.executable, "-m", "rubric_rl.cli", "serve-teacher", "--model", str(a.real_teacher_model),
                "--served_model_name", name, "--port", str(port), "--device", "cpu", "--dtype", "float32",
                "--batch_size", str(a.real_teacher_batch_size),
                "--max_new_tokens", str(a.real_teacher_max_new_tokens)]
+    log = open(work / "logs" / log_name, "w")
     print(f"== real teacher: {' '.join(cmd)}  (log: {log.name})", flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": str(a.real_teacher_threads)})
