@@ -181,10 +181,10 @@ def write_text_atomic(path: str | Path, text: str, *, tmp_suffix: str = ".tmp") 
 
 
 def write_json_atomic(path: str | Path, obj, *, end: str = "", indent: int | None = 1, ensure_ascii: bool = False,
-                      default=None, sort_keys: bool = False) -> None:
+                      default=None, sort_keys: bool = False, tmp_suffix: str = ".tmp") -> None:
     """``json.dumps(obj, ...) + end`` written by :func:`write_text_atomic` (the arguments keep each file's bytes)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, default=default,
-                                       sort_keys=sort_keys) + end)
+                                       sort_keys=sort_keys) + end, tmp_suffix=tmp_suffix)
 
 
 class JsonlAppender:

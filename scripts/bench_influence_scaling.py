@@ -71,9 +71,11 @@ def timed_floor(scorer, samples, repeat: int) -> float:
 
 def rebuild(scorer, cfg, ckpts, val_path, cls):
     """A new scorer on the same model (the old one's hooks removed first)."""
+    from rubric_rl.influence.build import load_validation
+
     scorer.close()
     new = cls(cfg, scorer.model, scorer.tokenizer, ckpts, device=scorer.device)
-    new.load_validation(val_path)
+    load_validation(new, val_path)
     return new
 
 
@@ -104,6 +106,7 @@ def main(argv=None) -> dict:
     from rubric_rl.data.chat import tokenize_chat
     from rubric_rl.data.documents import load_chat_samples
     from rubric_rl.influence import InfluenceConfig, InfluenceScorer
+    from rubric_rl.influence.build import load_validation
     from rubric_rl.influence.warmup import load_checkpoints
     from rubric_rl.provenance import provenance
 
@@ -174,7 +177,7 @@ def main(argv=None) -> dict:
             scorer.close()
             scorer = InfluenceScorer(c2, scorer.model, scorer.tokenizer, all_ckpts[-1:], device=scorer.device)
             t = time.perf_counter()
-            scorer.load_validation(val_paths[n])
+            load_validation(scorer, val_paths[n])
             times[objective] = time.perf_counter() - t
         r = row(scorer, f"{n} items", n_val=n, validation_s=times["tokens+choices"],
                 validation_tokens_only_s=times["tokens"])

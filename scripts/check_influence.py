@@ -84,6 +84,7 @@ def main(argv=None) -> int:
 
     from rubric_rl.config import RunDirArguments, parse_config
     from rubric_rl.influence import InfluenceScorer
+    from rubric_rl.influence.build import load_validation
     from rubric_rl.influence.check import actual_decreases, auc
     from rubric_rl.influence.warmup import load_checkpoints, warmup_dir
     from rubric_rl.stats import spearman
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ckpts = load_checkpoints(warmup_dir(a.output_dir), model, vcfg.influence_checkpoints)
         scorer = InfluenceScorer(vcfg, model, tok, ckpts, device=device)
-        scorer.load_validation(vcfg.influence_validation_data, cache_dir=Path(a.output_dir) / "influence_cache")
+        load_validation(scorer, vcfg.influence_validation_data, cache_dir=Path(a.output_dir) / "influence_cache")
         scores = [r.value for r in scorer.score(candidates)]
         scorer.close()
         n0 = len(related) + len(unrelated)

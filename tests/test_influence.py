@@ -567,6 +567,49 @@ def test_validation_cache_reuse_and_invalidation(world, tmp_path):
     assert (dot.cache_hits, dot.cache_misses) == (2, 0)
 
 
+def test_the_scorer_reads_no_file(world, tmp_path, monkeypatch):
+    """Handed the target, checkpoints and validation rows, the scorer opens no file: the builder loads them, the
+    cache object does the cache's I/O. Its scores equal those of the builder's path; a moved validation file (same
+    rows) still hits the cache, which is keyed by the rows, not the path."""
+    import builtins
+    import io
+
+    from rubric_rl.data.documents import load_chat_samples
+    from rubric_rl.influence import InfluenceScorer
+    from rubric_rl.influence.build import prepare_scorer_inputs
+
+    cfg = make_cfg(world)
+    inputs = prepare_scorer_inputs(cfg, world["run_dir"], device="cpu", cache_dirname="unused_cache")
+    rows = load_chat_samples(world["val"])
+    samples = [s["messages"] for s in make_samples(4, 43)]
+    reference = [r.value for r in build_scorer(world).score(samples)]
+    opened = []
+    real_open, real_io_open = builtins.open, io.open
+
+    def spy(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    scorer = InfluenceScorer(cfg, inputs.model, inputs.tokenizer, inputs.checkpoints, device="cpu")
+    scorer.set_validation(rows)
+    values = [r.value for r in scorer.score(samples)]
+    monkeypatch.setattr(builtins, "open", real_open)
+    monkeypatch.setattr(io, "open", real_io_open)
+    assert [f for f in opened if not f.startswith("/proc")] == []
+    assert values == pytest.approx(reference, rel=1e-12)
+    assert (scorer.cache_hits, scorer.cache_misses) == (0, 2)  # no cache handed: computed, kept nowhere
+    run_dir = tmp_path / "run"
+    shutil.copytree(world["run_dir"] / "warmup", run_dir / "warmup")
+    build_scorer(world, run_dir=run_dir)
+    moved = tmp_path / "elsewhere" / "renamed.jsonl"
+    moved.parent.mkdir()
+    shutil.copyfile(world["val"], moved)
+    again = build_scorer(world, run_dir=run_dir, influence_validation_data=str(moved))
+    assert (again.cache_hits, again.cache_misses) == (2, 0)
+
+
 def test_bad_samples_get_none_and_reason_without_breaking_the_batch(world):
     scorer = build_scorer(world, influence_batch_size=16, influence_max_length=40)
     good = [s["messages"] for s in make_samples(12, 51)

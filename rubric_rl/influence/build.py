@@ -5,7 +5,9 @@ shape: the analyzer is given a model, it never loads or trains one).
 finished one), loads the target's tokenizer (the warm-up's copy), the target with the first checkpoint's LoRA adapter
 on its device, and every checkpoint's adapter weights and Adam state; the scorer is then built from them
 (``InfluenceScorer.from_config`` is a thin wrapper: this function, then the constructor and the validation features).
-This module does not import the scorer, so the scorer can call it without an import cycle.
+:func:`load_validation` reads the validation file and hands its rows and the run folder's gradient cache to a built
+scorer (which reads no file itself). This module does not import the scorer, so the scorer can call it without an
+import cycle.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configs.influence import InfluenceConfig
+from ..data.documents import load_chat_samples
 from ..devices import resolve_device
+from .cache import ValidationCache
 from .warmup import WarmupCheckpoint, load_checkpoints, run_warmup, warmup_finished
 
 
@@ -59,3 +63,10 @@ def prepare_scorer_inputs(cfg: InfluenceConfig, run_dir: str | Path, *, device=N
     ckpts = load_checkpoints(wdir, model, cfg.influence_checkpoints)
     return ScorerInputs(model, tok, ckpts, dev, {"dir": str(wdir), "reused": reused},
                         Path(cfg.influence_validation_data), run_dir / cache_dirname)
+
+
+def load_validation(scorer, path: str | Path, *, cache_dir: str | Path | None = None) -> None:
+    """Read the validation chat jsonl at ``path`` and set it as ``scorer``'s validation set, its gradients taken from
+    (or saved to) the cache folder ``cache_dir`` (None: computed, kept nowhere)."""
+    scorer.set_validation(load_chat_samples(path), cache=ValidationCache(cache_dir) if cache_dir is not None else None,
+                          source=str(path))

@@ -13,18 +13,17 @@ and ``P`` the Rademacher projection (identity if ``influence_proj_dim=0``, the d
 Both aggregate validation examples by a mean within a subtask, so the validation side is kept as one mean
 direction per subtask and checkpoint (of unit rows for ``less``): ``[S, D]``, never ``[n_val, D]``.
 
-Validation features are computed once per checkpoint and cached under ``RUN_DIR/influence_cache/`` as
-safetensors (per-subtask sums and counts) with the JSON arguments that made them (validation file hash,
-checkpoint hash, projection...).
+The scorer is handed everything (the target with its adapter, the tokenizer, the checkpoints, the validation rows and
+an optional :class:`.cache.ValidationCache`) and reads no file itself: the builder (:mod:`.build`) loads them.
+Validation features are computed once per checkpoint and kept in the cache (``RUN_DIR/influence_cache/``:
+per-subtask sums and counts, keyed by the JSON arguments that made them: the validation rows' hash, the checkpoint's
+adapter hash, the projection...).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,20 +32,16 @@ from pathlib import Path
 import torch
 
 from ..data.chat import ChatFormatError, TokenizedChat, tokenize_chat, validate_messages
-from ..data.documents import load_chat_samples
 from ..configs.influence import PROJECTION_TILE_ROWS, InfluenceConfig
 from ..outcome import Reason, Status, influence_cause
 from ..progress import sample_bar as _tqdm
-from ..provenance import file_sha256
+from .cache import CACHE_DIRNAME, CACHE_FORMAT, ValidationCache, validation_key
 from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
 from .warmup import WarmupCheckpoint
 
 logger = logging.getLogger(__name__)
-
-CACHE_DIRNAME = "influence_cache"
-CACHE_FORMAT = 2  # 2: per-subtask sums [S, D] (format 1 kept [n_val, D])
 
 # Reason codes of unscorable samples.
 BAD_FORMAT = "bad_format"
@@ -73,10 +68,6 @@ class InfluenceResult:
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _hash_json(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 class InfluenceScorer:
@@ -169,8 +160,10 @@ class InfluenceScorer:
         """The scorer on what the builder loaded (a :class:`.build.ScorerInputs`), with its validation features
         (computed, or read from the cache the inputs name)."""
         scorer = cls(cfg, inputs.model, inputs.tokenizer, inputs.checkpoints, device=inputs.device, progress=progress)
+        from .build import load_validation
+
         scorer.warmup = inputs.warmup
-        scorer.load_validation(inputs.validation, cache_dir=inputs.cache_dir)
+        load_validation(scorer, inputs.validation, cache_dir=inputs.cache_dir)
         return scorer
 
     def _use_checkpoint(self, i: int) -> None:
@@ -206,16 +199,16 @@ class InfluenceScorer:
             yield order[i:i + bs]
 
     # -- validation ---------------------------------------------------------------------------------
-    def _cache_arguments(self, val_path: Path, ckpt: WarmupCheckpoint) -> dict:
+    def _cache_arguments(self, validation_sha256: str, ckpt: WarmupCheckpoint) -> dict:
         cfg = self.cfg
         return {
             "format": CACHE_FORMAT,
             "kind": "validation_gradients",
-            "validation_sha256": file_sha256(val_path),  # contents, not the path: moving the file keeps the cache
+            "validation_sha256": validation_sha256,  # of the rows, not the path: moving the file keeps the cache
             "subtask_field": cfg.influence_subtask_field,
             "objective": cfg.influence_objective,
             "checkpoint": ckpt.name,
-            "checkpoint_adapter_sha256": file_sha256(ckpt.path / "adapter_model.safetensors"),
+            "checkpoint_adapter_sha256": ckpt.adapter_sha256,
             "target_model_name_or_path": cfg.target_model_name_or_path,
             "target_dtype": cfg.target_dtype,
             "max_length": cfg.influence_max_length,
@@ -226,58 +219,43 @@ class InfluenceScorer:
             "num_params": self.engine.num_params,
         }
 
-    def load_validation(self, path: str | Path, *, cache_dir: str | Path | None = None) -> None:
-        """Mean validation directions per subtask and checkpoint: loaded from ``cache_dir`` if made with the
-        same arguments, else computed and saved there.
+    def set_validation(self, rows: list[dict], *, cache: ValidationCache | None = None, source: str = "validation"
+                       ) -> None:
+        """Mean validation directions per subtask and checkpoint of the validation rows (chat samples, as
+        ``data.documents.load_chat_samples`` reads them): taken from ``cache`` if made with the same arguments,
+        else computed (and saved there). ``source`` names the rows in messages (the file they came from).
 
         Validation examples without assistant tokens are left out everywhere; one whose gradient is not
         finite at a checkpoint is left out at that checkpoint (both are counted in a warning).
         """
-        from safetensors.torch import load_file, save_file
-
-        path = Path(path)
         field = self.cfg.influence_subtask_field
-        rows = load_chat_samples(path)
         names = sorted({str(r.get(field)) if r.get(field) is not None else "" for r in rows})
+        key = validation_key(rows)
         self._val = []
         for i, ckpt in enumerate(self.checkpoints):
-            args = self._cache_arguments(path, ckpt)
-            folder = sums = None
-            if cache_dir is not None:
-                folder = Path(cache_dir) / f"val-{ckpt.name}-{_hash_json(args)[:16]}"
-                args_file, tensor_file = folder / "arguments.json", folder / "val_grads.safetensors"
-                if args_file.exists() and tensor_file.exists():
-                    saved = json.loads(args_file.read_text())
-                    if saved.get("arguments") == args and saved.get("subtasks") == names:
-                        sums = {k: v.to(self.device, self.dtype) for k, v in load_file(str(tensor_file)).items()}
-                        self.cache_hits += 1
-            if sums is None:
+            args = self._cache_arguments(key, ckpt)
+            sums = cache.load(ckpt.name, args, names, device=self.device, dtype=self.dtype) if cache else None
+            if sums is not None:
+                self.cache_hits += 1
+            else:
                 sums = self._compute_validation(rows, i, field, names)
                 self.cache_misses += 1
-                if folder is not None:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    tmp = folder / f"val_grads.safetensors.tmp{os.getpid()}"
-                    save_file({k: v.contiguous().cpu() for k, v in sums.items()}, str(tmp),
-                              metadata={"arguments": json.dumps(args, sort_keys=True)})
-                    tmp.replace(folder / "val_grads.safetensors")
-                    tmp = folder / f"arguments.json.tmp{os.getpid()}"
-                    tmp.write_text(json.dumps({"arguments": args, "validation_data": str(path),
-                                               "subtasks": names}, indent=1))
-                    tmp.replace(folder / "arguments.json")
+                if cache is not None:
+                    cache.save(ckpt.name, args, names, sums, source=source)
             counts = sums["count"]
             n_bad = len(rows) - int(counts.sum())
             if n_bad:
                 logger.warning("%s: %d validation example(s) have no assistant tokens or a non-finite gradient at "
-                               "%s; left out there", path, n_bad, ckpt.name)
+                               "%s; left out there", source, n_bad, ckpt.name)
             if not bool((counts > 0).any()):
-                raise ValueError(f"{path}: no validation example could be used (no assistant tokens / non-finite "
+                raise ValueError(f"{source}: no validation example could be used (no assistant tokens / non-finite "
                                  "gradients)")
-            key = "sum_unit" if self.cfg.influence_estimator == "less" else "sum"
+            key_sum = "sum_unit" if self.cfg.influence_estimator == "less" else "sum"
             keep = counts > 0  # a subtask with no usable example takes no part in the max
-            self._val.append(sums[key][keep] / counts[keep].unsqueeze(1))
+            self._val.append(sums[key_sum][keep] / counts[keep].unsqueeze(1))
             kept = [n for n, k in zip(names, keep.tolist()) if k]
             if self.subtasks and kept != self.subtasks:
-                raise ValueError(f"{path}: subtasks {sorted(set(self.subtasks) ^ set(kept))} have no usable "
+                raise ValueError(f"{source}: subtasks {sorted(set(self.subtasks) ^ set(kept))} have no usable "
                                  f"example at some checkpoints")
             self.subtasks = kept
 

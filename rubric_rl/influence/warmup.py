@@ -393,6 +393,7 @@ class WarmupCheckpoint:
     learning_rate: float  # average learning rate over the steps since the previous checkpoint
     adapter_weights: dict[str, torch.Tensor]  # file keys, as saved by peft
     adam: dict[str, AdamState]  # keyed by the peft model's parameter names
+    adapter_sha256: str = ""  # of adapter_model.safetensors: part of the validation cache's key
 
 
 def list_checkpoints(wdir: Path, selection: list[str]) -> list[Path]:
@@ -501,7 +502,8 @@ def load_checkpoints(wdir: str | Path, model, selection: list[str], device=None)
         if not adapter_file.exists():
             raise FileNotFoundError(f"{adapter_file} missing")
         opt_lrs.append(float(sd["param_groups"][0].get("lr", 0.0)))
-        out.append(WarmupCheckpoint(ckpt.name, ckpt, _ckpt_step(ckpt.name), 0.0, load_file(str(adapter_file)), adam))
+        out.append(WarmupCheckpoint(ckpt.name, ckpt, _ckpt_step(ckpt.name), 0.0, load_file(str(adapter_file)), adam,
+                                    adapter_sha256=file_sha256(adapter_file)))
     for c, lr in zip(out, _average_learning_rates(ckpts, opt_lrs)):
         c.learning_rate = lr
     return out
