@@ -289,8 +289,10 @@ def test_badge_kernel_is_the_inner_product_of_the_gradient_embeddings(quickstart
 
 
 def test_influence_rule_is_the_gradient_dot_product_with_the_validation_mean(quickstart_dir, tiny_tokenizer):
-    """dot: <g(seed), mean_v g(v)> over the student's nn.Linear weights (autograd, one sample at a time); less: its
-    cosine. The embedding (tied to the output layer) is not among them."""
+    """The rule is the reward's scorer at the student's current weights with plain gradients over its nn.Linear
+    weights (autograd, one sample at a time here): dot <g(seed), mean_v g(v)>; less (LESS's form) the mean of the
+    validation gradients' unit rows, over |g(seed)|. One subtask (the field is absent) and the token objective, so
+    the mean is over every item. The embedding (tied to the output layer) is not among the weights."""
     from rubric_rl.data.chat import IGNORE_INDEX, tokenize_chat
     from rubric_rl.models import load_causal_lm
 
@@ -308,15 +310,15 @@ def test_influence_rule_is_the_gradient_dot_product_with_the_validation_mean(qui
         loss = torch.nn.functional.cross_entropy(logits[keep], labels[0, 1:][keep])
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, linear)])
 
-    target = torch.stack([grad(v) for v in val]).mean(0)
-    expected = torch.stack([grad(s) for s in seeds]) @ target
-    for estimator, want in (("dot", expected), ("less", None)):
+    g_val = torch.stack([grad(v) for v in val])
+    g_seed = torch.stack([grad(s) for s in seeds])
+    expected = {"dot": g_seed @ g_val.mean(0),
+                "less": g_seed @ (g_val / g_val.norm(dim=1, keepdim=True)).mean(0) / g_seed.norm(dim=1)}
+    for estimator, want in expected.items():
         cfg = InfluenceConfig(target_model_name_or_path=TARGET, influence_estimator=estimator, influence_proj_dim=0,
-                              influence_batch_size=3, influence_dtype="float64")
+                              influence_batch_size=3, influence_dtype="float64", influence_objective="tokens",
+                              influence_subtask_field="no_such_field")
         got, _ = seed_scores("influence", model, tiny_tokenizer, seeds, seed=0, round_index=0, max_new_tokens=4,
                              max_length=256, validation=val, influence_cfg=cfg)
-        if want is None:
-            norms = torch.stack([grad(s) for s in seeds]).norm(dim=1) * target.norm()
-            want = expected / norms
         assert torch.allclose(torch.tensor(got, dtype=torch.float64), want, rtol=1e-9), (estimator, got, want)
     assert all(p.requires_grad for p in model.parameters())  # restored

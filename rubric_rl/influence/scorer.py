@@ -92,12 +92,20 @@ class InfluenceScorer:
         # running counts over all score() calls: scored, truncated, and one entry per reason code
         self.stats: Counter = Counter()
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        # Adapter weights of each checkpoint, as the model's parameters (loaded once through peft's mapping).
-        from peft import set_peft_model_state_dict
-
-        self._weights: list[dict[str, torch.Tensor]] = []
+        # Adapter weights of each checkpoint, as the model's parameters (loaded once through peft's mapping). A
+        # checkpoint without adapter weights (``current_weights``) is the model as it was handed: nothing to load.
+        self._weights: list[dict[str, torch.Tensor] | None] = []
         self._current: int | None = None  # index of the checkpoint whose weights the model holds
+        if any(c.adapter_weights is None for c in checkpoints) and len(checkpoints) > 1:
+            raise ValueError("a checkpoint of the model's current weights must be the only checkpoint")
+        if any(c.adapter_weights is None for c in checkpoints) and cfg.influence_direction != "sgd":
+            raise ValueError("the model's current weights have no optimizer state: influence_direction must be 'sgd'")
         for ckpt in checkpoints:
+            if ckpt.adapter_weights is None:
+                self._weights.append(None)
+                continue
+            from peft import set_peft_model_state_dict
+
             res = set_peft_model_state_dict(model, ckpt.adapter_weights)
             unexpected = getattr(res, "unexpected_keys", None)
             if unexpected:
@@ -170,6 +178,8 @@ class InfluenceScorer:
         if self._current == i:
             return
         self._current = i
+        if self._weights[i] is None:  # the model's own weights
+            return
         with torch.no_grad():
             for n, p in self.model.named_parameters():
                 if p.requires_grad:

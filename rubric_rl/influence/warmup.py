@@ -388,12 +388,18 @@ class WarmupCheckpoint:
     """One warm-up checkpoint: adapter weights, Adam moments per parameter name, and its learning rate."""
 
     name: str
-    path: Path
+    path: Path | None  # None: current_weights
     step: int
     learning_rate: float  # average learning rate over the steps since the previous checkpoint
-    adapter_weights: dict[str, torch.Tensor]  # file keys, as saved by peft
+    adapter_weights: dict[str, torch.Tensor] | None  # file keys, as saved by peft; None: the model as it is
     adam: dict[str, AdamState]  # keyed by the peft model's parameter names
     adapter_sha256: str = ""  # of adapter_model.safetensors: part of the validation cache's key
+
+
+def current_weights(name: str = "current") -> WarmupCheckpoint:
+    """A checkpoint that is the model's weights as the scorer is handed them, with plain gradients (no optimizer
+    state) and learning rate 1: the closed loop's student, scored where it stands."""
+    return WarmupCheckpoint(name, None, 0, 1.0, None, {})
 
 
 def list_checkpoints(wdir: Path, selection: list[str]) -> list[Path]:

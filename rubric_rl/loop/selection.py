@@ -7,10 +7,12 @@ After Kessler et al., "Towards Active Synthetic Data Generation for Finetuning L
   (its uncertainty; the rule the paper found best);
 * ``loss_reference``: the student's mean token NLL on the seed's reference answer;
 * ``random``: a uniform draw, seeded by the run seed and the round;
-* ``influence``: the project's estimator on the current student, with one checkpoint (the student itself) and
-  plain gradients (it has no optimizer state to precondition with): ``dot``: ``<g(seed), mean_v g(v)>``, ``less``:
-  its cosine; ``g`` over the student's ``nn.Linear`` weights (LoRA factors for a LoRA student), projected when
-  ``influence_proj_dim`` is set. Larger = a step on the seed lowers the validation loss more;
+* ``influence``: the reward's own scorer (``InfluenceScorer``) on the current student, with one checkpoint (the
+  student itself) and plain gradients (it has no optimizer state to precondition with): ``dot``:
+  ``max_s <g(seed), mean_{v in s} g(v)>`` with ``g(v)`` the gradient of v's validation objective
+  (``influence_objective``), ``less``: LESS's cosine form; ``g`` over the student's ``nn.Linear`` weights (LoRA
+  factors for a LoRA student), projected when ``influence_proj_dim`` is set. Larger = a step on the seed lowers
+  the validation objective more;
 * ``badge`` (Ash et al., 2020, arXiv:1906.03671; an LLM-agnostic baseline of the paper): the gradient embedding of
   a seed is the last layer's gradient of the loss on the student's own greedy answer,
   ``g = 1/n sum_t (softmax(z_t) - e_{y_t}) h_t^T`` (``h_t`` the output layer's input, ``y_t`` the generated token);
@@ -152,52 +154,32 @@ def kmeans_pp_order(kernel: torch.Tensor, rng: random.Random) -> list[int]:
 
 def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], influence_cfg, max_length: int
                ) -> list[float]:
-    from ..data.chat import tokenize_chat
-    from ..influence.grads import Direction, PerSampleGradients
-    from ..influence.projection import RademacherProjector
+    """The project's scorer (``InfluenceScorer``, the reward's estimator: the validation objective, the max over
+    subtasks) on the student as it stands: one checkpoint, its current weights, plain gradients over its
+    ``nn.Linear`` weights (LoRA factors for a LoRA student)."""
+    from dataclasses import replace
 
+    from ..influence import InfluenceScorer
+    from ..influence.warmup import current_weights
+
+    cfg = replace(influence_cfg, influence_direction="sgd", influence_center=False, influence_max_length=max_length)
     device = next(model.parameters()).device
-    dtype = {"float32": torch.float32, "float64": torch.float64}[influence_cfg.influence_dtype]
     linear = {name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():  # gradients of the nn.Linear weights the student trains
         p.requires_grad_(saved[n] and n.rpartition(".")[0] in linear)
-    engine = None
+    was_training = model.training
+    model.eval()
+    scorer = None
     try:
-        num = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        projector = None
-        if influence_cfg.influence_proj_dim:
-            projector = RademacherProjector(num, influence_cfg.influence_proj_dim, influence_cfg.influence_proj_seed,
-                                            influence_cfg.influence_proj_memory_mb, device, dtype)
-        engine = PerSampleGradients(model, pad_token_id=tokenizer.pad_token_id or 0, device=device, dtype=dtype,
-                                    projector=projector)
-        direction = Direction("sgd")
-        bs = influence_cfg.influence_batch_size
-
-        def feats(rows):
-            chats = [tokenize_chat(tokenizer, r["messages"], max_length) for r in rows]
-            keep = [i for i, c in enumerate(chats) if c.num_loss_tokens > 0]
-            out = torch.zeros(len(rows), engine.dim, dtype=dtype)
-            ok = torch.zeros(len(rows), dtype=torch.bool)
-            for s in range(0, len(keep), bs):
-                idx = keep[s:s + bs]
-                f = engine.features([chats[i] for i in idx], direction)
-                out[idx], ok[idx] = f.features.cpu(), f.finite.cpu()
-            return out, ok
-
-        was_training = model.training
-        model.eval()
-        val, vok = feats(validation)
-        target = val[vok].mean(0)
-        g, ok = feats(seeds)
-        model.train(was_training)
-        scores = g @ target
-        if influence_cfg.influence_estimator == "less":
-            scores = scores / (g.norm(dim=1) * target.norm()).clamp_min(1e-30)
-        return [float(v) if good else math.nan for v, good in zip(scores.tolist(), ok.tolist())]
+        scorer = InfluenceScorer(cfg, model, tokenizer, [current_weights("student")], device=device)
+        scorer.set_validation(validation, source="influence_validation_data")
+        results = scorer.score([s["messages"] for s in seeds])
+        return [r.value if r.value is not None else math.nan for r in results]
     finally:
-        if engine is not None:
-            engine.close()
+        if scorer is not None:
+            scorer.close()
+        model.train(was_training)
         for n, p in model.named_parameters():
             p.requires_grad_(saved[n])
 
