@@ -274,9 +274,12 @@ def test_extra_body_from_the_config_reaches_the_server(fault_server):
     ('{"grammar": ', "teacher_extra_body is not valid JSON"),
     ('["grammar"]', "teacher_extra_body must be a JSON object"),
     ('{"messages": []}', "teacher_extra_body may not set messages"),
+    ('{"temperature": 0.1, "top_p": 0.5}', "may not set temperature, top_p: set teacher_temperature, teacher_top_p"),
 ])
 def test_bad_extra_body_is_one_clear_error(value, message):
     from rubric_rl.configs.teacher import TeacherConfig
 
     with pytest.raises(ValueError, match=message):
         TeacherConfig(teacher_extra_body=value)
+    with pytest.raises(ValueError, match=message):  # the teacher built directly checks it the same way
+        OpenAITeacher("http://127.0.0.1:1/v1", "m", extra_body=value)

@@ -77,7 +77,8 @@ class TeacherConfig:
                           "object (a mapping in a YAML config), for what a server accepts beyond the OpenAI API: "
                           "llama.cpp's GBNF `grammar`, vLLM's `structured_outputs`, `repetition_penalty`, ... "
                           "Example: --teacher_extra_body '{\"repeat_penalty\": 1.1}'. It may not set model, "
-                          "messages, stream or seed."},
+                          "messages, stream or seed, nor max_tokens, temperature or top_p (teacher_max_new_tokens, "
+                          "teacher_temperature, teacher_top_p set those)."},
     )
     teacher_vllm_tensor_parallel_size: int = field(
         default=1, metadata={"help": "vllm backend: GPUs the in-process teacher is sharded over."}
@@ -128,6 +129,9 @@ class TeacherConfig:
 
 
 RESERVED_BODY_KEYS = ("model", "messages", "stream", "seed")
+# sampling fields rubric-rl sets per request (a strategy may ask its own temperature): each has its own setting
+SAMPLING_BODY_KEYS = {"max_tokens": "teacher_max_new_tokens", "temperature": "teacher_temperature",
+                      "top_p": "teacher_top_p"}
 
 
 def parse_extra_body(value: dict | str | None) -> dict | None:
@@ -145,4 +149,9 @@ def parse_extra_body(value: dict | str | None) -> dict | None:
     reserved = sorted(set(value) & set(RESERVED_BODY_KEYS))
     if reserved:
         raise ValueError(f"teacher_extra_body may not set {', '.join(reserved)}: rubric-rl sends those itself")
+    sampling = sorted(set(value) & set(SAMPLING_BODY_KEYS))
+    if sampling:
+        raise ValueError(f"teacher_extra_body may not set {', '.join(sampling)}: set "
+                         f"{', '.join(SAMPLING_BODY_KEYS[k] for k in sampling)} instead (rubric-rl sends them with "
+                         "every request, a strategy's own temperature included)")
     return value

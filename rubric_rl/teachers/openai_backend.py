@@ -40,6 +40,7 @@ from concurrent.futures import Future
 import httpx
 
 from ..configs.teacher import TeacherConfig as T  # the one place of each teacher_* default
+from ..configs.teacher import parse_extra_body
 from .base import CircuitBreaker, TeacherRequest, TeacherResult, is_infrastructure_error
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class OpenAITeacher:
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.send_seed = send_seed
-        self.extra_body = dict(extra_body or {})
+        self.extra_body = dict(parse_extra_body(extra_body) or {})  # the config's check, for direct use too
         self.api_key_env = api_key_env
         self._headers = {"Content-Type": "application/json"}
         if api_key_env:
