@@ -96,6 +96,13 @@ def check_teacher(teacher_cfg) -> None:
         require_vllm()
     if teacher_cfg.teacher_backend == "transformers":
         check_model(teacher_cfg.teacher_model_name_or_path, field="teacher_model_name_or_path")
+    if getattr(teacher_cfg, "teacher_grammar", None):
+        from .teachers.factory import grammar_path
+
+        try:
+            grammar_path(teacher_cfg.teacher_grammar)
+        except FileNotFoundError as err:
+            raise UserError(str(err)) from None
 
 
 def _finished_warmup(run_dir) -> bool:

@@ -269,8 +269,8 @@ def main(argv=None) -> None:
     ap.add_argument("--real_teacher_temperature", type=float, default=None,
                     help="Teacher sampling temperature of the real condition (default: the config's).")
     ap.add_argument("--real_teacher_grammar", default=None,
-                    help="A GBNF grammar file sent as llama.cpp's `grammar` (teacher_extra_body) with every request, "
-                         "e.g. rubric_rl/assets/grammars/question_answer.gbnf: the reply format, enforced.")
+                    help="A GBNF grammar sent as llama.cpp's `grammar` with every request (--teacher_grammar: a "
+                         "file, or a shipped name such as question_answer): the reply format, enforced.")
     ap.add_argument("--real_teacher_max_new_tokens", type=int, default=192)
     ap.add_argument("--real_teacher_batch_size", type=int, default=8, help="serve-teacher's batch (started server).")
     ap.add_argument("--real_teacher_threads", type=int, default=1, help="OMP threads of the started server.")
@@ -355,7 +355,7 @@ def main(argv=None) -> None:
             if a.real_teacher_temperature is not None:
                 extra += ["--teacher_temperature", str(a.real_teacher_temperature)]
             if a.real_teacher_grammar:
-                extra += ["--teacher_extra_body", json.dumps({"grammar": Path(a.real_teacher_grammar).read_text()})]
+                extra += ["--teacher_grammar", a.real_teacher_grammar]
             teachers["real"] = evaluate_teacher(a, rr, work, influence, "_real", extra,
                                                 a.real_teacher_eval_seeds or a.eval_seeds)
         if a.real_teacher_url:

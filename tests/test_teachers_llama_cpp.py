@@ -93,3 +93,24 @@ def test_synthesis_through_llama_cpp_writes_verified_samples(llama_server, quick
         if o.messages:
             assert o.messages[0]["role"] == "user" and o.messages[0]["content"].strip()
             assert o.messages[-1]["role"] == "assistant" and o.messages[-1]["content"].strip()
+
+
+def test_the_readme_config_and_its_grammar_against_the_server(llama_server, quickstart_dir):
+    """configs/teacher_llama_cpp.yaml (the README's, here pointed at this test's port): its shipped grammar reaches
+    llama.cpp, so every reply has the "Question:/Answer:" shape and none fails to parse for its format."""
+    from rubric_rl.config import parse_config
+    from rubric_rl.configs.teacher import TeacherConfig
+    from rubric_rl.teachers.factory import build_teacher
+
+    (cfg,) = parse_config((TeacherConfig,), ["--config", "configs/teacher_llama_cpp.yaml",
+                                             "--teacher_base_url", llama_server, "--teacher_max_new_tokens", "64"])
+    assert cfg.teacher_grammar == "question_answer"
+    docs = load_documents(quickstart_dir / "documents.jsonl")
+    rubrics = load_rubric_file(quickstart_dir / "seed_rubrics.json")
+    items = [SynthItem(d["text"], rubrics[i % len(rubrics)], d["id"], seed=i) for i, d in enumerate(docs[:4])]
+    with build_teacher(cfg) as t:
+        replies = t.generate([TeacherRequest(messages=[{"role": "user", "content": "Write a question about "
+                                                        f"{d['text'][:60]}"}], seed=i) for i, d in enumerate(docs[:4])])
+        outcomes = SampleSynthesizer(t).synthesize(items)
+    assert all(r.ok and r.text.startswith("Question:\n") and "\nAnswer:\n" in r.text for r in replies), replies
+    assert not [o.reason for o in outcomes if o.reason and o.reason.startswith("parse_no_question")]

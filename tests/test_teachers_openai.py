@@ -270,6 +270,43 @@ def test_extra_body_from_the_config_reaches_the_server(fault_server):
     assert body["model"] == "m" and body["seed"] == 3 and body["messages"][-1]["content"] == "ok"
 
 
+def test_teacher_grammar_sends_the_shipped_grammar_file(fault_server, tmp_path):
+    """``teacher_grammar``: a shipped name (configs/teacher_llama_cpp.yaml's ``question_answer``) or a file; its text
+    is llama.cpp's ``grammar`` field of every request, beside the other extra fields. A missing one is one line from
+    the preflight, naming the field and the shipped names; the grammar and extra_body's own 'grammar' together, or
+    on a backend without the field, are refused."""
+    from rubric_rl.configs.teacher import TeacherConfig
+    from rubric_rl.errors import UserError
+    from rubric_rl.preflight import check_teacher
+    from rubric_rl.teachers.factory import GRAMMARS, build_teacher
+
+    shipped = (GRAMMARS / "question_answer.gbnf").read_text()
+    own = tmp_path / "yes.gbnf"
+    own.write_text('root ::= "yes"\n')
+    bodies = fault_server.config.app.state.faults["bodies"]
+    for value, text in (("question_answer", shipped), (str(own), 'root ::= "yes"\n')):
+        cfg = TeacherConfig(teacher_backend="openai", teacher_model_name_or_path="m",
+                            teacher_base_url=fault_server.base_url, teacher_grammar=value,
+                            teacher_extra_body={"top_k": 5})
+        check_teacher(cfg)
+        before = len(bodies)
+        with build_teacher(cfg) as t:
+            assert t.generate([req("ok", seed=1)])[0].ok
+        (body,) = bodies[before:]
+        assert body["grammar"] == text and body["top_k"] == 5
+    assert "root     ::= \"Question:\\n\"" in shipped
+    missing = TeacherConfig(teacher_backend="openai", teacher_model_name_or_path="m",
+                            teacher_base_url=fault_server.base_url, teacher_grammar=str(tmp_path / "nope.gbnf"))
+    with pytest.raises(UserError, match=r"teacher_grammar: .*nope.gbnf.* is neither a file nor a shipped grammar "
+                                        r"\(question_answer\)"):
+        check_teacher(missing)
+    with pytest.raises(ValueError, match="teacher_grammar and teacher_extra_body's 'grammar' are both set"):
+        TeacherConfig(teacher_backend="openai", teacher_model_name_or_path="m", teacher_grammar="question_answer",
+                      teacher_extra_body={"grammar": "root ::= \"x\""})
+    with pytest.raises(ValueError, match="teacher_grammar is for the openai backend"):
+        TeacherConfig(teacher_backend="template", teacher_grammar="question_answer")
+
+
 @pytest.mark.parametrize("value, message", [
     ('{"grammar": ', "teacher_extra_body is not valid JSON"),
     ('["grammar"]', "teacher_extra_body must be a JSON object"),

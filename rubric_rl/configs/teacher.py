@@ -80,6 +80,13 @@ class TeacherConfig:
                           "messages, stream or seed, nor max_tokens, temperature or top_p (teacher_max_new_tokens, "
                           "teacher_temperature, teacher_top_p set those)."},
     )
+    teacher_grammar: str | None = field(
+        default=None,
+        metadata={"help": "openai backend: a GBNF grammar sent as llama.cpp's `grammar` field with every request, so "
+                          "the server can only write replies of that shape: a .gbnf file, or the name of one shipped "
+                          "in rubric_rl/assets/grammars (`question_answer`: \"Question:\\n...\\nAnswer:\\n...\", "
+                          "for the question-writing strategies)."},
+    )
     teacher_vllm_tensor_parallel_size: int = field(
         default=1, metadata={"help": "vllm backend: GPUs the in-process teacher is sharded over."}
     )
@@ -93,6 +100,12 @@ class TeacherConfig:
     def __post_init__(self):
         choice("teacher_backend", self.teacher_backend, BACKENDS)
         self.teacher_extra_body = parse_extra_body(self.teacher_extra_body)
+        if self.teacher_grammar:
+            if self.teacher_backend != "openai":
+                raise ValueError(f"teacher_grammar is for the openai backend (a server that takes llama.cpp's grammar "
+                                 f"field), not teacher_backend {self.teacher_backend!r}")
+            if "grammar" in (self.teacher_extra_body or {}):
+                raise ValueError("teacher_grammar and teacher_extra_body's 'grammar' are both set; keep one")
         if self.teacher_backend in ("transformers", "vllm", "openai") and not self.teacher_model_name_or_path:
             raise ValueError(f"teacher_model_name_or_path is required for teacher_backend={self.teacher_backend!r}")
         if self.teacher_backend == "openai" and not self.teacher_base_url:

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..configs.teacher import TeacherConfig
+
+GRAMMARS = Path(__file__).resolve().parents[1] / "assets" / "grammars"
+
+
+def grammar_path(value: str) -> Path:
+    """``teacher_grammar``'s file: the path itself, or the shipped grammar of that name (``question_answer``)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    shipped = GRAMMARS / f"{value}.gbnf"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in GRAMMARS.glob("*.gbnf")))
+    raise FileNotFoundError(f"teacher_grammar: {value!r} is neither a file nor a shipped grammar ({names})")
 
 
 def build_teacher(cfg: TeacherConfig, *, documents: list[str] | None = None, device=None):
@@ -28,7 +44,7 @@ def build_teacher(cfg: TeacherConfig, *, documents: list[str] | None = None, dev
             concurrency=cfg.teacher_concurrency, timeout_s=cfg.teacher_timeout_s, max_retries=cfg.teacher_max_retries,
             backoff_s=cfg.teacher_backoff_s, max_backoff_s=cfg.teacher_max_backoff_s,
             breaker_window=cfg.teacher_breaker_window, breaker_max_failure_rate=cfg.teacher_breaker_max_failure_rate,
-            extra_body=cfg.teacher_extra_body,
+            extra_body=_request_fields(cfg),
         )
     if cfg.teacher_backend == "vllm":
         from .vllm_backend import VLLMTeacher
@@ -42,6 +58,13 @@ def build_teacher(cfg: TeacherConfig, *, documents: list[str] | None = None, dev
             max_model_len=cfg.teacher_vllm_max_model_len,
         )
     raise ValueError(f"unknown teacher_backend {cfg.teacher_backend!r}")
+
+
+def _request_fields(cfg: TeacherConfig) -> dict | None:
+    """``teacher_extra_body``, with ``teacher_grammar``'s text as ``grammar`` when it is set."""
+    if not cfg.teacher_grammar:
+        return cfg.teacher_extra_body
+    return {**(cfg.teacher_extra_body or {}), "grammar": grammar_path(cfg.teacher_grammar).read_text(encoding="utf-8")}
 
 
 def teacher_label(teacher) -> str:
