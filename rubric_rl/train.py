@@ -248,10 +248,13 @@ def preflight_parse_rate(args, grpo_args, model, tokenizer, documents) -> dict:
 
 # --------------------------------------------------------------------------- main entry
 def train_verifiers(args, eval_items: list[dict] | None) -> list:
-    """The RL step's verifier chain, configured as synthesize's (the ``reward_*`` verifier fields)."""
-    from .synth.verifiers import VerifierSettings, default_verifiers
+    """The RL step's verifier chain, configured as synthesize's (the ``reward_*`` verifier fields): the chain
+    ``build_reward``'s synthesis world makes."""
+    from .synth.verifiers import VerifierSettings
+    from .synth.world import SynthesisWorld
 
-    return default_verifiers(VerifierSettings.of(args, "reward_"), eval_items=eval_items)
+    world = SynthesisWorld(None, [], settings=VerifierSettings.of(args, "reward_"), eval_items=eval_items)
+    return world.verifier_chain()
 
 
 def train(args, grpo_args, teacher_cfg, influence_cfg, argv: list[str] | None = None) -> dict:
@@ -374,15 +377,16 @@ def build_reward(args, teacher_cfg, influence_cfg, documents: list[dict], output
     from .influence import InfluenceScorer
     from .reward import InfluenceReward
     from .synth.decontam import load_eval_items
-    from .synth.engine import SampleSynthesizer
-    from .teachers.factory import build_teacher
+    from .synth.verifiers import VerifierSettings
+    from .synth.world import SynthesisWorld
 
-    teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in documents], device=state.device)
     eval_items = load_eval_items(args.reward_decontam_files) if args.reward_decontam_files else None
+    world = SynthesisWorld(teacher_cfg, [d["text"] for d in documents], device=state.device,
+                           settings=VerifierSettings.of(args, "reward_"), eval_items=eval_items)
+    world.build_teacher()
     rank_suffix = "" if state.is_main_process else f".rank{state.process_index}"
     return InfluenceReward(
-        SampleSynthesizer(teacher, train_verifiers(args, eval_items),
-                          max_document_chars=teacher_cfg.teacher_max_document_chars),
+        world.synthesizer(),
         (lambda: service) if service is not None else
         (lambda: InfluenceScorer.from_config(influence_cfg, output_dir, device=state.device)),
         invalid_penalty=args.reward_invalid_penalty, scaling=args.reward_if_scaling, scale=args.reward_if_scale,

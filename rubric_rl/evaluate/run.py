@@ -19,6 +19,7 @@ from .heldout import heldout_metrics
 from .plots import write_plots
 from .report import build_report, format_markdown, format_number, jsonable
 from .stats import gain, summary_stats
+from ..synth.world import SynthesisWorld
 from .synthesis import Source, dataset_stats, loop_dataset, resolve_source, synthesize_dataset
 
 
@@ -96,8 +97,7 @@ class _Evaluation:
     target: str
     trust: bool
     tokenizer: object
-    teacher: object
-    eval_items: list | None
+    world: SynthesisWorld  # the teacher and the verifier chain's settings
     generators: dict
     baseline: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
@@ -116,18 +116,17 @@ class _Evaluation:
         target = cfg.eval_target_model_name_or_path or influence_cfg.target_model_name_or_path
         trust = bool(getattr(influence_cfg, "target_trust_remote_code", False))
         tokenizer = load_tokenizer(target, trust_remote_code=trust, padding_side="right")
-        if teacher is None:
-            from ..teachers.factory import build_teacher
-
-            teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in docs], device=device)
         eval_items = None
         if cfg.eval_decontaminate:
             from ..synth.decontam import load_eval_items
 
             # (load_eval_items tags items with their file, which the decontaminator's boilerplate detection needs)
             eval_items = load_eval_items([cfg.eval_test_data])
-        ev = cls(cfg, teacher_cfg, influence_cfg, out_dir, device, docs, test_items, target, trust, tokenizer, teacher,
-                 eval_items, generators)
+        world = SynthesisWorld(teacher_cfg, [d["text"] for d in docs], device=device, teacher=teacher,
+                               eval_items=eval_items)
+        world.build_teacher()  # now, before the baseline: a teacher that cannot load stops the run first
+        ev = cls(cfg, teacher_cfg, influence_cfg, out_dir, device, docs, test_items, target, trust, tokenizer, world,
+                 generators)
         ev.measure_baseline()
         if cfg.eval_influence:
             if not getattr(influence_cfg, "influence_validation_data", None):
@@ -181,14 +180,9 @@ class _Evaluation:
 
     def dataset(self, src: Source, seed: int) -> tuple[list[dict], dict]:
         """The source's samples for this seed and the synthesis stats (a closed loop's dataset is read, not made)."""
-        from ..synth.engine import SampleSynthesizer
-        from ..synth.verifiers import default_verifiers
-
         cfg = self.cfg
         gen = self.generator(src)
-        # a fresh verifier chain per dataset (no state shared between sources or seeds)
-        synth = SampleSynthesizer(self.teacher, default_verifiers(eval_items=self.eval_items),
-                                  max_document_chars=self.teacher_cfg.teacher_max_document_chars)
+        synth = self.world.synthesizer()  # a fresh verifier chain per dataset (no state shared between datasets)
         t0 = time.perf_counter()
         if src.kind == "dataset":  # a closed loop's finished dataset for this seed
             samples, sstats = loop_dataset(src, seed, cfg.eval_num_samples)

@@ -167,16 +167,16 @@ class _World:
         from ..devices import resolve_device
 
         self.device = resolve_device(eval_cfg.eval_device)
-        if teacher is None:
-            from ..teachers.factory import build_teacher
-
-            teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in self.docs], device=self.device)
-        self.teacher = teacher
-        self.eval_items = None
+        eval_items = None
         if eval_cfg.eval_decontaminate:
             from ..synth.decontam import load_eval_items
 
-            self.eval_items = load_eval_items([eval_cfg.eval_test_data] + ([val] if val else []))
+            eval_items = load_eval_items([eval_cfg.eval_test_data] + ([val] if val else []))
+        from ..synth.world import SynthesisWorld
+
+        self.world = SynthesisWorld(teacher_cfg, [d["text"] for d in self.docs], device=self.device, teacher=teacher,
+                                    eval_items=eval_items)
+        self.world.build_teacher()
         self.generator = generator  # a loaded rubric generator (loaded from the source's folder on first use if None)
         self._baseline = None
 
@@ -216,11 +216,7 @@ class _World:
         return self._baseline
 
     def synthesizer(self):
-        from ..synth.engine import SampleSynthesizer
-        from ..synth.verifiers import default_verifiers
-
-        return SampleSynthesizer(self.teacher, default_verifiers(eval_items=self.eval_items),
-                                 max_document_chars=self.teacher_cfg.teacher_max_document_chars)
+        return self.world.synthesizer()  # a fresh verifier chain each round
 
 
 def _round_dirs(rs_dir: Path) -> list[Path]:

@@ -61,6 +61,7 @@ from .engine import SampleSynthesizer, SynthItem
 from .pipeline import Cursor, ItemPlanner, RubricSource, RubricStream, run_items
 from .strategies import NEW_QUESTION, choose_strategy
 from .verifiers import VerifierSettings, default_verifiers
+from .world import SynthesisWorld
 
 logger = logging.getLogger(__name__)
 
@@ -193,15 +194,10 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
     verifiers, eval_items = _verifiers(cfg, seeds, paths, state)
 
     own_teacher = teacher is None
+    world = SynthesisWorld(teacher_cfg, [d["text"] for d in docs], teacher=teacher, verifiers=verifiers)
 
     def synthesizer() -> SampleSynthesizer:  # called by run_items on the first chunk: a finished run loads no model
-        nonlocal teacher
-        if teacher is None:
-            from ..teachers.factory import build_teacher
-
-            teacher = build_teacher(teacher_cfg, documents=[d["text"] for d in docs])
-        return SampleSynthesizer(teacher, verifiers, budget=max(0, budget - state["queries"]),
-                                 max_document_chars=teacher_cfg.teacher_max_document_chars)
+        return world.synthesizer(budget=max(0, budget - state["queries"]))
 
     planner = ItemPlanner(docs, rubrics, seed=cfg.synth_seed, strategy=strategy, seed_samples=seeds)
     sink = FileSink(paths, state, num_samples=num_samples, write_rejected=cfg.synth_write_rejected,
@@ -215,6 +211,7 @@ def synthesize(synth_cfg: SynthConfig, teacher_cfg: TeacherConfig, *, rubric_sou
                                     max_idle=max(len(docs), len(seeds), 100))
     finally:
         sink.close()
+        teacher = world.built_teacher  # None when no chunk needed one
         if own_teacher and teacher is not None and hasattr(teacher, "close"):
             teacher.close()
 
