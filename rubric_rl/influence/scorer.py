@@ -26,6 +26,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from .cache import CACHE_DIRNAME, CACHE_FORMAT, ValidationCache, validation_key
 from .choices import choice_chats, choice_gradient
 from .grads import Direction, PerSampleGradients
 from .projection import RademacherProjector
+from .task import InfluenceTask
 from .warmup import WarmupCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -78,7 +80,20 @@ class InfluenceScorer:
     """
 
     def __init__(self, cfg: InfluenceConfig, model, tokenizer, checkpoints: list[WarmupCheckpoint], *,
-                 device, progress: bool = False):
+                 device, progress: bool = False, task: InfluenceTask | None = None):
+        # the task (default: the config's objective, every trainable parameter tracked); its modules are tracked
+        # for the scorer's lifetime, every requires_grad flag restored by close()
+        self.task = task or InfluenceTask.of(cfg)
+        self._tracking = ExitStack()
+        self._tracking.enter_context(self.task.tracking(model))
+        try:
+            self._setup(cfg, model, tokenizer, checkpoints, device, progress)
+        except BaseException:
+            self._tracking.close()
+            raise
+
+    def _setup(self, cfg: InfluenceConfig, model, tokenizer, checkpoints: list[WarmupCheckpoint], device,
+               progress: bool) -> None:
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
@@ -216,7 +231,7 @@ class InfluenceScorer:
             "kind": "validation_gradients",
             "validation_sha256": validation_sha256,  # of the rows, not the path: moving the file keeps the cache
             "subtask_field": cfg.influence_subtask_field,
-            "objective": cfg.influence_objective,
+            "objective": self.task.objective,
             "checkpoint": ckpt.name,
             "checkpoint_adapter_sha256": ckpt.adapter_sha256,
             "target_model_name_or_path": cfg.target_model_name_or_path,
@@ -275,7 +290,7 @@ class InfluenceScorer:
         sums = torch.zeros(len(names), self.dim, dtype=self.dtype, device=self.device)
         sums_unit = torch.zeros_like(sums)
         counts = torch.zeros(len(names), dtype=self.dtype, device=self.device)
-        objective = self.cfg.influence_objective
+        objective = self.task.objective
         # (subtask, tokenised gold answer or None, (tokenised choice continuations, gold) or None) per usable item
         items = []
         for r in rows:
@@ -414,3 +429,4 @@ class InfluenceScorer:
 
     def close(self) -> None:
         self.engine.close()
+        self._tracking.close()  # the model's requires_grad flags as they were handed

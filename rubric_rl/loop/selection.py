@@ -160,19 +160,16 @@ def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], infl
     from dataclasses import replace
 
     from ..influence import InfluenceScorer
+    from ..influence.task import InfluenceTask
     from ..influence.warmup import current_weights
 
     cfg = replace(influence_cfg, influence_direction="sgd", influence_center=False, influence_max_length=max_length)
-    device = next(model.parameters()).device
-    linear = {name for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
-    saved = {n: p.requires_grad for n, p in model.named_parameters()}
-    for n, p in model.named_parameters():  # gradients of the nn.Linear weights the student trains
-        p.requires_grad_(saved[n] and n.rpartition(".")[0] in linear)
     was_training = model.training
     model.eval()
     scorer = None
-    try:
-        scorer = InfluenceScorer(cfg, model, tokenizer, [current_weights("student")], device=device)
+    try:  # the task tracks the student's nn.Linear weights; close() restores every requires_grad flag
+        scorer = InfluenceScorer(cfg, model, tokenizer, [current_weights("student")],
+                                 device=next(model.parameters()).device, task=InfluenceTask.of(cfg, tracked="linear"))
         scorer.set_validation(validation, source="influence_validation_data")
         results = scorer.score([s["messages"] for s in seeds])
         return [r.value if r.value is not None else math.nan for r in results]
@@ -180,8 +177,6 @@ def _influence(model, tokenizer, seeds: list[dict], validation: list[dict], infl
         if scorer is not None:
             scorer.close()
         model.train(was_training)
-        for n, p in model.named_parameters():
-            p.requires_grad_(saved[n])
 
 
 def seed_scores(rule: str, model, tokenizer, seeds: list[dict], *, seed: int, round_index: int, max_new_tokens: int,
