@@ -182,9 +182,9 @@ class InfluenceScorer:
     def from_inputs(cls, cfg: InfluenceConfig, inputs, *, progress: bool = False) -> "InfluenceScorer":
         """The scorer on what the builder loaded (a :class:`.build.ScorerInputs`), with its validation features
         (computed, or read from the cache the inputs name)."""
-        scorer = cls(cfg, inputs.model, inputs.tokenizer, inputs.checkpoints, device=inputs.device, progress=progress)
         from .build import load_validation
 
+        scorer = cls(cfg, inputs.model, inputs.tokenizer, inputs.checkpoints, device=inputs.device, progress=progress)
         scorer.warmup = inputs.warmup
         load_validation(scorer, inputs.validation, cache_dir=inputs.cache_dir)
         return scorer
@@ -255,6 +255,9 @@ class InfluenceScorer:
         """
         field = self.cfg.influence_subtask_field
         names = sorted({str(r.get(field)) if r.get(field) is not None else "" for r in rows})
+        if cache is not None and any(c.adapter_weights is None for c in self.checkpoints):
+            raise ValueError("a validation cache needs checkpoints with adapter weights (their hash keys it); the "
+                             "model's current weights have none")
         key = validation_key(rows)
         self._val = []
         for i, ckpt in enumerate(self.checkpoints):
