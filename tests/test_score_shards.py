@@ -151,6 +151,11 @@ def test_merge_refuses_missing_stale_and_partial_shards(tmp_path):
     assert not out.exists() and not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob("*.lock"))
     run(0)
     assert out.read_bytes() == good
+    # --merge after the last shard merged by itself: every shard file is gone; the error says why
+    with pytest.raises(UserError, match=r"shard 0 of 3 is missing .*; .*scored\.jsonl exists: the last shard to "
+                                        r"finish merges them by itself, so it may be merged already"):
+        merge_file(InfluenceConfig(), samples, out, 3, chunk_size=4)
+    assert out.read_bytes() == good
 
 
 def test_a_shard_that_fails_leaves_no_shard_file(tmp_path):

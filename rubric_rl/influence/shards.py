@@ -197,6 +197,9 @@ def try_merge(output: str | Path, num_shards: int, key: dict, selected_path: str
         if explicit:
             parts = [f"shard {k} of {num_shards} is missing (run `{_shard_command(num_shards, k)}`)" for k in missing]
             parts += [f"shard {k} of {num_shards} is stale: {why}; rerun it" for k, why in stale.items()]
+            if len(missing) == num_shards and output.is_file():
+                parts.append(f"{output} exists: the last shard to finish merges them by itself, so it may be merged "
+                             "already (--merge is for shards copied here from elsewhere, or an interrupted merge)")
             raise UserError(f"cannot merge {output}: " + "; ".join(parts))
         return None
     lock = _lock_path(output)
