@@ -112,8 +112,8 @@ PLAN: list[Step] = [
          why="about 55 min of 2 CPU cores for its own sake; its parts (the SmolLM2 target, teacher and policy) are the "
              "check_influence step above and the proof (scripts/proof.py, reports/proof*)"),
     Step(None, "adapted", run="pip install -c constraints.txt -e \".[serve]\" && (rubric-rl serve-teacher --model template "
-         "--port 8011 & pid=$!; for i in $(seq 60); do curl -sf http://127.0.0.1:8011/v1/models && break; sleep 1; done; "
-         "kill $pid; wait $pid; curl -sf http://127.0.0.1:8011/v1/models >/dev/null && exit 1 || true)",
+         "--port 8011 & pid=$!; up=0; for i in $(seq 60); do curl -sf http://127.0.0.1:8011/v1/models && up=1 && break; "
+         "sleep 1; done; kill $pid; wait $pid; test $up = 1 && ! curl -sf http://127.0.0.1:8011/v1/models)",
          why="the zero-dependency server the README names in a comment, with the offline template model for "
              "PATH_OR_HUB_ID; started, asked for its models, stopped"),
     Step("pip install -c constraints.txt -e \".[llama-cpp]\"", "run", timeout_s=1800),
