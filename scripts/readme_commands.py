@@ -17,8 +17,8 @@ step with ``bash -c`` from DIR, every step after the first inside the virtual en
   command the README gives in prose (an extra's install line); the step says what was filled in;
 * ``skip``: not run here, with the reason (a GPU, a token, hours of CPU, a user's own data).
 
-A command that ends in ``&`` (a server) is started in the background; the next step waits for its port and the
-server is stopped when the plan ends. Each step's output goes to REPORT/logs/NN.log; REPORT/report.json and
+A command that ends in ``&`` (a server) is started in the background and its step waits until its port answers;
+the server is stopped when the plan ends. Each step's output goes to REPORT/logs/NN.log; REPORT/report.json and
 report.md list every step with its exit status and wall time. Exit status 1 when a step that ran failed.
 """
 
@@ -49,7 +49,7 @@ class Step:
     run: str | None = None  # what runs, for adapted steps
     why: str = ""
     timeout_s: int = 1800
-    port: int | None = None  # a background server's port: the next step waits for it
+    port: int | None = None  # a background server's port: its step waits until it answers
 
 
 PLAN: list[Step] = [

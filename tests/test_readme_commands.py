@@ -13,6 +13,8 @@ spec = importlib.util.spec_from_file_location("readme_commands", ROOT / "scripts
 rc = importlib.util.module_from_spec(spec)
 sys.modules["readme_commands"] = rc
 spec.loader.exec_module(rc)
+sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_check import free_port  # noqa: E402  (the scripts' one free-port helper)
 
 FENCE = "```"
 
@@ -40,16 +42,10 @@ def test_a_step_whose_command_left_the_readme_is_named():
     assert rc.check_plan((ROOT / "README.md").read_text(), plan) == ["PLAN step no longer in the README: rubric-rl gone --x"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_runner_runs_steps_in_the_venv_and_stops_its_server(tmp_path):
     clone = tmp_path / "clone"
     clone.mkdir()
-    port = _free_port()
+    port = free_port()
     readme = (f"{FENCE}bash\nmkdir -p .venv/bin && echo 'export IN_VENV=yes' > .venv/bin/activate\n"
               f"echo $IN_VENV > inside.txt\nfalse\ncurl never\n"
               f"{sys.executable} -m http.server {port} --bind 127.0.0.1 &\n{FENCE}\n")
